@@ -1,0 +1,147 @@
+"""Resolving `model.base` into a pinned snapshot directory: built-in, local directory or hub id."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from tuneledger import tasks
+from tuneledger.errors import TuneLedgerError
+from tuneledger.params import ModelParams
+
+SOURCE_FILE = "tuneledger-source.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+BUILTINS = ("tiny-gpt2",)
+
+
+def snapshot(model: ModelParams, out: Path, seed: int) -> dict:
+    """Write the base model named by `model` into `out`; return its source record."""
+    if model.base.startswith("builtin:"):
+        name = model.base.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise TuneLedgerError(f"model.base: unknown built-in {model.base!r}; known: builtin:tiny-gpt2")
+        build_tiny_gpt2(out, seed)
+        record = {"id": model.base, "revision": None, "kind": "builtin"}
+    elif Path(model.base).is_dir():
+        _copy_weights_dir(Path(model.base), out, model.base)
+        record = {"id": model.base, "revision": model.revision, "kind": "local"}
+    else:
+        revision = _download_from_hub(model, out)
+        record = {"id": model.base, "revision": revision, "kind": "hub"}
+    (out / SOURCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def read_source(base_dir: Path) -> dict:
+    """The source record `snapshot` wrote: id, revision, kind."""
+    return json.loads((base_dir / SOURCE_FILE).read_text())
+
+
+def _copy_weights_dir(src: Path, out: Path, label: str) -> None:
+    """Copy a model directory, keeping safetensors weights and refusing pickle-only checkpoints."""
+    files = [p for p in sorted(src.rglob("*")) if p.is_file() and not _is_hidden(p.relative_to(src))]
+    if not any(p.suffix == ".safetensors" for p in files):
+        pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+        hint = f" (found pickle weights {pickles[:3]}; convert them to safetensors)" if pickles else ""
+        raise TuneLedgerError(f"model.base: no *.safetensors weights in {label}{hint}")
+    if not (src / "config.json").is_file():
+        raise TuneLedgerError(f"model.base: {label} has no config.json; is it a Hugging Face model directory?")
+    for path in files:
+        if path.suffix in PICKLE_SUFFIXES:
+            continue  # never carry pickles forward: they can run code when loaded
+        target = out / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _download_from_hub(model: ModelParams, out: Path) -> str:
+    """Download `model.base` at `model.revision` through the Hugging Face cache; return the commit."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id=model.base, revision=model.revision, allow_patterns=HUB_PATTERNS)
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TuneLedgerError(
+            f"model.base: base model {model.base!r} not found: not a local directory, and the hub "
+            f"could not provide it ({reason}); check the id, model.revision, network or HF_HUB_OFFLINE"
+        ) from None
+    _copy_weights_dir(Path(folder), out, model.base)
+    return Path(folder).name  # snapshots/<commit>: the exact revision that was resolved
+
+
+# --- the built-in tiny GPT-2 -------------------------------------------------------------
+# Small enough to pre-train in seconds on a laptop CPU, big enough to learn the built-in task.
+# With 2 heads the copy rule was learnt for only some seeds in 800 steps; with 4, for all 8 tried.
+TINY = {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 128, "vocab_size": 2048}
+PRETRAIN = {"steps": 800, "batch_size": 16, "lr": 2e-3, "max_length": 64, "task_share": 0.9}
+EOS = "<|endoftext|>"
+
+
+def _pretraining_text(seed: int) -> tuple[list[str], list[str]]:
+    """Task-format lines (the `copy` rule) and English prose (CPython's pydoc topics, shipped offline)."""
+    import pydoc_data.topics
+
+    prose = [
+        line.strip()
+        for _, text in sorted(pydoc_data.topics.topics.items())
+        for line in text.splitlines()
+        if line.strip()
+    ]
+    task = [row["prompt"] + row["completion"] for row in tasks.generate("copy", 5000, seed)]
+    return task, prose
+
+
+def build_tiny_gpt2(out: Path, seed: int) -> None:
+    """Train a byte-level BPE tokenizer and briefly pre-train a tiny GPT-2; byte-identical per seed."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+        get_cosine_schedule_with_warmup,
+        set_seed,
+    )
+
+    from tuneledger.progress import progress_bar
+
+    task, prose = _pretraining_text(seed)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+
+    set_seed(seed)
+    eos_id = tokenizer.convert_tokens_to_ids(EOS)
+    config = GPT2Config(**TINY, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"])
+    schedule = get_cosine_schedule_with_warmup(optimizer, PRETRAIN["steps"] // 10, PRETRAIN["steps"])
+    rng = random.Random(seed)
+    model.train()
+    with progress_bar("pre-training builtin:tiny-gpt2", total=PRETRAIN["steps"]) as advance:
+        for _ in range(PRETRAIN["steps"]):
+            batch = [
+                (rng.choice(task) if rng.random() < PRETRAIN["task_share"] else rng.choice(prose)) + EOS
+                for _ in range(PRETRAIN["batch_size"])
+            ]
+            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=PRETRAIN["max_length"])
+            labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad()
+            advance(loss=loss.item())
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

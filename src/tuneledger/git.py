@@ -1,0 +1,38 @@
+"""The few git facts TuneLedger records and checks, read through the git command line."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tuneledger.errors import TuneLedgerError
+
+# Files a pipeline run rewrites by itself; they do not make the *code* dirty.
+PIPELINE_OUTPUTS = ("dvc.lock", "models/export.manifest.json", "results")
+
+
+def run_git(*args: str, cwd: Path | str = ".", check: bool = True) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise TuneLedgerError("git is not installed or not on PATH") from None
+    if check and done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip().splitlines()
+        raise TuneLedgerError(f"git {' '.join(args)}: {detail[-1] if detail else 'failed'}")
+    return done.stdout.strip()
+
+
+def head_commit(cwd: Path | str = ".") -> str | None:
+    """The checked-out commit, or None outside a repository or before the first commit."""
+    out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def dirty_paths(cwd: Path | str = ".", ignore: tuple[str, ...] = PIPELINE_OUTPUTS) -> list[str] | None:
+    """Tracked or untracked changes outside `ignore`; None outside a repository."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    paths = [line[3:].split(" -> ")[-1].strip('"') for line in out.stdout.splitlines() if line.strip()]
+    return [p for p in paths if not any(p == i or p.startswith(i.rstrip("/") + "/") for i in ignore)]

@@ -1,0 +1,54 @@
+"""Loading base models and tokenizers the same way everywhere: safetensors only, one device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneledger.errors import TuneLedgerError
+
+
+def pick_device(device: str | None = None) -> str:
+    """The requested device, else the single best one available (never a split across devices)."""
+    if device:
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:  # many causal LMs ship without one; padding with EOS is standard
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base(path: Path, device: str | None = None):
+    """A causal LM from a directory of safetensors weights, in float32, on one device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not any(Path(path).glob("*.safetensors")):
+        raise TuneLedgerError(f"{path}: no *.safetensors weights; run `dvc repro prepare` or `dvc pull`")
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
+    return model.to(pick_device(device)).eval()
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of the layers LoRA can adapt (Linear, and GPT-2's Conv1D)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear | Conv1D)}
+    return sorted(names - {"lm_head"})
+
+
+def targets_conv1d(model, targets: list[str]) -> bool:
+    """GPT-2 style Conv1D layers store weights transposed; LoRA must know (`fan_in_fan_out`)."""
+    from transformers.pytorch_utils import Conv1D
+
+    return any(
+        isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in targets for name, module in model.named_modules()
+    )

@@ -1,0 +1,62 @@
+"""Progress for long work: a live bar on a terminal, a line every tenth of the way in logs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fields(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items())
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """Yield `advance(**values)`, to be called once per unit of work."""
+    if console.is_terminal:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+        with Progress(*columns, console=console, transient=False) as bar:
+            task = bar.add_task(description, total=total, info="")
+            yield lambda **values: bar.update(task, advance=1, info=_fields(values))
+        return
+    done, start, step = 0, time.monotonic(), max(1, total // 10)
+    last = start
+
+    def advance(**values: float) -> None:
+        nonlocal done, last
+        done += 1
+        now = time.monotonic()
+        # In logs: a line per tenth of the work, at most one every 2 s, and always the last one.
+        if done == total or (done % step == 0 and now - last >= 2.0):
+            last = now
+            console.print(f"{description}: {done}/{total} {_fields(values)} ({now - start:.1f}s)")
+
+    yield advance
+
+
+def say(message: str) -> None:
+    """A status line for the user (stderr, so stdout stays machine-readable)."""
+    console.print(message)
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (download bars, load reports) so stage logs show what matters."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("dvclive").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices inside libraries

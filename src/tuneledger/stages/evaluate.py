@@ -1,0 +1,39 @@
+"""Stage `evaluate`: the base model and base+adapter on the held-out test split."""
+
+from __future__ import annotations
+
+import json
+
+from peft import PeftModel
+
+from tuneledger import data, evaluation, modeling
+from tuneledger.fsutil import write_text_atomic
+from tuneledger.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, PREPARED_DIR
+from tuneledger.params import Params
+from tuneledger.progress import say
+from tuneledger.stages import stage_entry
+
+
+def run(params: Params) -> dict:
+    rows = data.read_split(PREPARED_DIR, "test")[: params.eval.max_examples]
+    tokenizer = modeling.load_tokenizer(BASE_DIR)
+    model = modeling.load_base(BASE_DIR)
+    settings = {"max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size}
+    metrics = {"base": evaluation.evaluate(model, tokenizer, rows, label="base", **settings)}
+    tuned = PeftModel.from_pretrained(model, str(ADAPTER_DIR)).eval()  # wraps the base in place
+    metrics["tuned"] = evaluation.evaluate(tuned, tokenizer, rows, label="tuned", **settings)
+
+    write_text_atomic(EVAL_RESULTS / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    comparison = [{"model": name, **values} for name, values in metrics.items()]
+    write_text_atomic(EVAL_RESULTS / "comparison.json", json.dumps(comparison, indent=2) + "\n")
+    for name, values in metrics.items():
+        say(f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "
+            f"exact match {values['exact_match']}")
+    return metrics
+
+
+main = stage_entry(run)
+
+
+if __name__ == "__main__":
+    main()
