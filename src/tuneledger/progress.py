@@ -47,16 +47,9 @@ def say(message: str) -> None:
 
 
 def quiet_libraries() -> None:
-    """Silence library chatter (download bars, load reports) so stage logs show what matters."""
+    """Silence library chatter (deprecation notices, dvclive info) in stage and CLI output."""
     import logging
-    import os
     import warnings
 
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     logging.getLogger("dvclive").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices inside libraries

@@ -89,6 +89,8 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     (staged / "signature.json").write_text(json.dumps(_signature(params, tokenizer, base_config), indent=2) + "\n")
     (staged / "README.md").write_text(card.render(record))
     (staged / "requirements.txt").write_text(environment.requirements_txt(env["packages"]))
+    for path in staged.rglob("*"):  # libraries write some files 0600; a package is world-readable
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return manifest.build(staged, known_content_id=content_id)
 
 
