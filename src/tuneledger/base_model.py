@@ -82,6 +82,7 @@ def _download_from_hub(model: ModelParams, out: Path) -> str:
 # Small enough to pre-train in seconds on a laptop CPU, big enough to learn the built-in task.
 # With 2 heads the copy rule was learnt for only some seeds in 800 steps; with 4, for all 8 tried.
 TINY = {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 128, "vocab_size": 2048}
+BUILD_THREADS = 2  # fixed, so the build is byte-identical whatever the machine's core count
 PRETRAIN = {"steps": 800, "batch_size": 16, "lr": 2e-3, "max_length": 64, "task_share": 0.9}
 EOS = "<|endoftext|>"
 
@@ -112,8 +113,10 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
         set_seed,
     )
 
+    from tuneledger.modeling import pin_cpu_threads
     from tuneledger.progress import progress_bar
 
+    pin_cpu_threads(BUILD_THREADS)
     task, prose = _pretraining_text(seed)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS], show_progress=False)

@@ -7,6 +7,26 @@ from pathlib import Path
 from tuneledger.errors import TuneLedgerError
 
 
+# Copied byte for byte into packages: re-saving a tokenizer writes runtime state (offline mode,
+# padding side), which would make identical exports differ.
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
+)
+
+
+def copy_tokenizer(src: Path, dest: Path) -> list[str]:
+    """Copy the tokenizer files present in `src` to `dest`; return their names."""
+    import shutil
+
+    names = [name for name in TOKENIZER_FILES if (Path(src) / name).is_file()]
+    if not names:
+        raise TuneLedgerError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...)")
+    for name in names:
+        shutil.copyfile(Path(src) / name, Path(dest) / name)
+    return names
+
+
 def pick_device(device: str | None = None) -> str:
     """The requested device, else the single best one available (never a split across devices)."""
     if device:
@@ -14,6 +34,13 @@ def pick_device(device: str | None = None) -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def pin_cpu_threads(count: int) -> None:
+    """Fix torch's intra-op thread count: CPU results are byte-identical only for the same count."""
+    import torch
+
+    torch.set_num_threads(count)
 
 
 def load_tokenizer(path: Path):

@@ -55,6 +55,9 @@ class TrainParams(_Group):
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     logging_steps: Annotated[int, Field(ge=1)] = 10
     keep_checkpoints: Annotated[int, Field(ge=1, le=100)] = 2
+    # CPU float results depend on how many threads split each reduction: pinning the count makes
+    # a CPU run byte-identical on any machine (single-process runs; DDP keeps its launcher's).
+    cpu_threads: Annotated[int, Field(ge=1, le=512)] = 2
 
 
 class EvalParams(_Group):

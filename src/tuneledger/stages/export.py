@@ -39,7 +39,7 @@ def _base_record() -> dict:
     return {**base_model.read_source(BASE_DIR), "sha256": digest, "files": files}
 
 
-def _signature(params: Params, tokenizer, base_config: dict) -> dict:
+def _signature(params: Params, base_config: dict) -> dict:
     context = base_config.get("n_positions") or base_config.get("max_position_embeddings") or 2048
     new_tokens = min(params.export.max_new_tokens, context - 1)
     return signature.build(
@@ -50,23 +50,23 @@ def _signature(params: Params, tokenizer, base_config: dict) -> dict:
     )
 
 
-def _write_merged(staged: Path, tokenizer) -> None:
+def _write_merged(staged: Path, cpu_threads: int) -> None:
     from peft import PeftModel
 
+    modeling.pin_cpu_threads(cpu_threads)  # merged weights are byte-identical for a fixed count
     model = PeftModel.from_pretrained(modeling.load_base(BASE_DIR, device="cpu"), str(staged))
     merged = model.merge_and_unload()
     merged.save_pretrained(str(staged / "merged"))
-    tokenizer.save_pretrained(str(staged / "merged"))
+    modeling.copy_tokenizer(BASE_DIR, staged / "merged")
 
 
 def build_package(params: Params, staged: Path) -> manifest.Manifest:
     """Write every file of the package into `staged`; return its manifest."""
-    tokenizer = modeling.load_tokenizer(BASE_DIR)
     for name in (WEIGHTS, "adapter_config.json"):
         shutil.copyfile(ADAPTER_DIR / name, staged / name)
-    tokenizer.save_pretrained(str(staged))
+    modeling.copy_tokenizer(BASE_DIR, staged)
     if params.export.merge:
-        _write_merged(staged, tokenizer)
+        _write_merged(staged, params.train.cpu_threads)
     content_id = manifest.content_id(staged, manifest.package_files(staged))
     commit = git.head_commit()
     dirty = git.dirty_paths()
@@ -86,7 +86,7 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     )
     base_config = json.loads((BASE_DIR / "config.json").read_text())
     (staged / "metadata.json").write_text(metadata.to_json(record))
-    (staged / "signature.json").write_text(json.dumps(_signature(params, tokenizer, base_config), indent=2) + "\n")
+    (staged / "signature.json").write_text(json.dumps(_signature(params, base_config), indent=2) + "\n")
     (staged / "README.md").write_text(card.render(record))
     (staged / "requirements.txt").write_text(environment.requirements_txt(env["packages"]))
     for path in staged.rglob("*"):  # libraries write some files 0600; a package is world-readable

@@ -178,6 +178,8 @@ def run(params: Params) -> dict:
     if resume:
         say(f"resuming from {resume}")
 
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        modeling.pin_cpu_threads(params.train.cpu_threads)
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_base(BASE_DIR, device="cpu")
     train_rows = data.read_split(PREPARED_DIR, "train")

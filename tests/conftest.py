@@ -1,0 +1,100 @@
+"""Fixtures: real git repositories in temporary directories, real DVC, real training.
+
+`project_copy` mirrors this repository's tracked files into a new git repo, the way a user's
+clone of the template starts. `default_run` is one such copy after `dvc repro` on the bundled
+default; tests that change it work on their own copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# Stage subprocesses (`python -m tuneledger.stages.*`, dvc, tuneledger) come from this environment.
+os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+os.environ.setdefault("GIT_AUTHOR_NAME", "TuneLedger Tests")
+os.environ.setdefault("GIT_AUTHOR_EMAIL", "tests@tuneledger.invalid")
+os.environ.setdefault("GIT_COMMITTER_NAME", "TuneLedger Tests")
+os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@tuneledger.invalid")
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def run(*cmd: str | Path, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900):
+    """Run a command; on unexpected failure show its output in the assertion."""
+    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def tracked_files() -> list[str]:
+    listing = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT, capture_output=True, text=True, check=True)
+    return [name for name in listing.stdout.split("\0") if name and (PROJECT / name).exists()]
+
+
+def make_repo(dest: Path) -> Path:
+    """A fresh git repository holding the template's tracked files, committed."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in tracked_files():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, target)
+    run("git", "init", "-q", "-b", "main", cwd=dest)
+    run("git", "add", "-A", cwd=dest)
+    run("git", "commit", "-q", "-m", "template", cwd=dest)
+    return dest
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """An independent copy of a repository, including its git history and DVC cache."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def set_params(repo: Path, **dotted) -> None:
+    """Edit params.yaml in place: set_params(repo, **{"lora.r": 4})."""
+    import yaml
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for key, value in dotted.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Path:
+    """A template clone after `dvc repro` of the bundled default (read-only for tests)."""
+    repo = make_repo(tmp_path_factory.mktemp("default") / "repo")
+    run("dvc", "repro", cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def trained_repo(default_run, tmp_path) -> Path:
+    """A private, writable copy of the default run."""
+    return copy_repo(default_run, tmp_path / "repo")
