@@ -31,15 +31,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 def run(*cmd: str | Path, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900):
     """Run a command; on unexpected failure show its output in the assertion."""
-    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    done = subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
     if check and done.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+        )
     return done
 
 
 def tracked_files() -> list[str]:
-    listing = subprocess.run(["git", "ls-files", "-z"], cwd=PROJECT, capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
     return [name for name in listing.stdout.split("\0") if name and (PROJECT / name).exists()]
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import yaml
-from conftest import PROJECT, read_json, run
 
+from conftest import PROJECT, read_json, run
 from tuneledger.hashing import sha256_file
 
 
@@ -33,13 +33,23 @@ def test_fresh_clone_reproduces_the_committed_bytes(default_run):
     committed, rebuilt = _outs(PROJECT / "dvc.lock"), _outs(default_run / "dvc.lock")
     for path in ("models/base", "data/prepared", "models/adapter"):
         assert rebuilt[path] == committed[path], path
-    assert (read_json(default_run / "models/export.manifest.json")["content_id"]
-            == read_json(PROJECT / "models/export.manifest.json")["content_id"])
+    assert (
+        read_json(default_run / "models/export.manifest.json")["content_id"]
+        == read_json(PROJECT / "models/export.manifest.json")["content_id"]
+    )
 
 
 def test_outputs_stay_out_of_git(default_run):
-    ignored = run("git", "check-ignore", "models/base", "models/adapter", "models/export", "data/prepared",
-                  "models/checkpoints", cwd=default_run).stdout.split()
+    ignored = run(
+        "git",
+        "check-ignore",
+        "models/base",
+        "models/adapter",
+        "models/export",
+        "data/prepared",
+        "models/checkpoints",
+        cwd=default_run,
+    ).stdout.split()
     assert len(ignored) == 5
     assert "models/export.manifest.json" in run("git", "ls-files", cwd=PROJECT).stdout
 

@@ -48,7 +48,9 @@ def _copy_weights_dir(src: Path, out: Path, label: str) -> None:
         hint = f" (found pickle weights {pickles[:3]}; convert them to safetensors)" if pickles else ""
         raise TuneLedgerError(f"model.base: no *.safetensors weights in {label}{hint}")
     if not (src / "config.json").is_file():
-        raise TuneLedgerError(f"model.base: {label} has no config.json; is it a Hugging Face model directory?")
+        raise TuneLedgerError(
+            f"model.base: {label} has no config.json; is it a Hugging Face model directory?"
+        )
     for path in files:
         if path.suffix in PICKLE_SUFFIXES:
             continue  # never carry pickles forward: they can run code when loaded
@@ -119,8 +121,12 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
     pin_cpu_threads(BUILD_THREADS)
     task, prose = _pretraining_text(seed)
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS)
+    bpe.train_from_iterator(
+        task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS], show_progress=False
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS
+    )
 
     set_seed(seed)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
@@ -136,7 +142,9 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
                 (rng.choice(task) if rng.random() < PRETRAIN["task_share"] else rng.choice(prose)) + EOS
                 for _ in range(PRETRAIN["batch_size"])
             ]
-            enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=PRETRAIN["max_length"])
+            enc = tokenizer(
+                batch, return_tensors="pt", padding=True, truncation=True, max_length=PRETRAIN["max_length"]
+            )
             labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
             loss = model(**enc, labels=labels).loss
             loss.backward()

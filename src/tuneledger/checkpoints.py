@@ -24,7 +24,10 @@ def seal(checkpoint: Path, config_id: str) -> None:
     """Mark a fully written checkpoint as resumable for `config_id`."""
     files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != SEAL)
     hashes = sha256_files(files)
-    record = {"config_id": config_id, "files": {p.relative_to(checkpoint).as_posix(): h for p, h in hashes.items()}}
+    record = {
+        "config_id": config_id,
+        "files": {p.relative_to(checkpoint).as_posix(): h for p, h in hashes.items()},
+    }
     write_text_atomic(checkpoint / SEAL, json.dumps(record, indent=1, sort_keys=True))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +22,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Tables stay readable when piped: a log file has no terminal width to fit.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 @app.callback()
-def _global(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
     quiet_libraries()
     if debug:
         os.environ["TUNELEDGER_DEBUG"] = "1"
@@ -39,13 +43,17 @@ def _print_json(value) -> None:
 @friendly_errors
 def verify(
     package: Annotated[Path, typer.Argument(help="Package directory.")] = EXPORT_DIR,
-    manifest: Annotated[Path | None, typer.Option(help="Manifest to check against (default: <DIR>.manifest.json).")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Manifest to check against (default: <DIR>.manifest.json).")
+    ] = None,
 ) -> None:
     """Check every file of a package against its manifest (SHA-256); exit 1 on any difference."""
     from tuneledger.package.verify import verify as verify_package
 
     checked = verify_package(package, manifest)
-    out.print(f"ok: {package} matches its manifest ({len(checked.files)} files), content id {checked.content_id}")
+    out.print(
+        f"ok: {package} matches its manifest ({len(checked.files)} files), content id {checked.content_id}"
+    )
 
 
 @app.command()
@@ -55,7 +63,9 @@ def generate(
     prompt: Annotated[str, typer.Argument(help="Prompt text.")],
     max_new_tokens: Annotated[int | None, typer.Option(help="Default from signature.json.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 for greedy decoding.")] = None,
-    base: Annotated[Path | None, typer.Option(help="Base model directory (verified against metadata).")] = None,
+    base: Annotated[
+        Path | None, typer.Option(help="Base model directory (verified against metadata).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="e.g. cpu or cuda:0 (default: best available).")] = None,
 ) -> None:
     """Answer one prompt with a verified package, within its signature."""

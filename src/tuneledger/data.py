@@ -37,7 +37,9 @@ def _parse_row(line: str, where: str, expected: tuple[str, ...] | None) -> Row:
         if field not in row:
             raise TuneLedgerError(f"{where}: missing field {field!r} (rows need prompt+completion, or text)")
         if not isinstance(row[field], str):
-            raise TuneLedgerError(f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}")
+            raise TuneLedgerError(
+                f"{where}: field {field!r} must be a string, got {type(row[field]).__name__}"
+            )
     if not any(row[f].strip() for f in fields):
         raise TuneLedgerError(f"{where}: {' and '.join(fields)} empty")
     return {f: row[f] for f in fields}
@@ -62,7 +64,9 @@ def read_jsonl(path: Path) -> list[Row]:
             fields = fields or tuple(row)
             rows.append(row)
     if not rows:
-        raise TuneLedgerError(f"{path}: no rows (the file is empty); add JSONL lines with prompt+completion or text")
+        raise TuneLedgerError(
+            f"{path}: no rows (the file is empty); add JSONL lines with prompt+completion or text"
+        )
     return rows
 
 

@@ -38,15 +38,19 @@ def answer_loss(model, tokenizer, rows: list[dict[str, str]], batch_size: int) -
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         targets = labels[:, 1:].to(device)
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
         )
         total += nll.item()
         count += int((targets != -100).sum())
     return total / max(count, 1)
 
 
-def exact_match(model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int,
-                label: str) -> float | None:
+def exact_match(
+    model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int, label: str
+) -> float | None:
     """Share of prompts whose greedy answer equals the reference (None for text-only data)."""
     scored = [row for row in rows if "prompt" in row]
     if not scored:
@@ -62,8 +66,9 @@ def exact_match(model, tokenizer, rows: list[dict[str, str]], max_new_tokens: in
     return hits / len(scored)
 
 
-def evaluate(model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int,
-             label: str) -> dict[str, float | None]:
+def evaluate(
+    model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int, label: str
+) -> dict[str, float | None]:
     loss = answer_loss(model, tokenizer, rows, batch_size)
     return {
         "loss": loss,

@@ -6,8 +6,14 @@ import torch
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
-             seed: int | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[str]:
     """Completions for `prompts` (greedy when temperature is 0), without the prompt or special tokens."""
     if not prompts:
         return []

@@ -28,10 +28,22 @@ def head_commit(cwd: Path | str = ".") -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def resolve_commit(rev: str, cwd: Path | str = ".") -> str | None:
+    """The commit a revision (branch, tag, sha) names, or None if it names none."""
+    out = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 def dirty_paths(cwd: Path | str = ".", ignore: tuple[str, ...] = PIPELINE_OUTPUTS) -> list[str] | None:
     """Tracked or untracked changes outside `ignore`; None outside a repository."""
-    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, capture_output=True, text=True
+    )
     if out.returncode != 0:
         return None
     paths = [line[3:].split(" -> ")[-1].strip('"') for line in out.stdout.splitlines() if line.strip()]

@@ -48,7 +48,5 @@ def tree_digest(root: str | Path) -> tuple[str, dict[str, dict[str, Any]]]:
     root = Path(root)
     files = sorted(p for p in root.rglob("*") if p.is_file())
     hashes = sha256_files(files)
-    listing = {
-        p.relative_to(root).as_posix(): {"sha256": hashes[p], "size": p.stat().st_size} for p in files
-    }
+    listing = {p.relative_to(root).as_posix(): {"sha256": hashes[p], "size": p.stat().st_size} for p in files}
     return sha256_bytes(canonical_json(listing)), listing

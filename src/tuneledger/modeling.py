@@ -6,12 +6,20 @@ from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
 
-
 # Copied byte for byte into packages: re-saving a tokenizer writes runtime state (offline mode,
 # padding side), which would make identical exports differ.
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "chat_template.jinja", "chat_template.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "chat_template.jinja",
+    "chat_template.json",
 )
 
 
@@ -68,7 +76,11 @@ def linear_module_names(model) -> list[str]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear | Conv1D)}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D)
+    }
     return sorted(names - {"lm_head"})
 
 
@@ -77,5 +89,6 @@ def targets_conv1d(model, targets: list[str]) -> bool:
     from transformers.pytorch_utils import Conv1D
 
     return any(
-        isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in targets for name, module in model.named_modules()
+        isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in targets
+        for name, module in model.named_modules()
     )

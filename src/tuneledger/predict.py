@@ -20,8 +20,9 @@ class Predictor:
     version: dict  # content id and other identity facts of the loaded package
 
     @classmethod
-    def open(cls, package: Path, base: Path | None = None, device: str | None = None,
-             manifest: Path | None = None) -> Predictor:
+    def open(
+        cls, package: Path, base: Path | None = None, device: str | None = None, manifest: Path | None = None
+    ) -> Predictor:
         model, tokenizer = load(package, device=device, base=base, manifest=manifest)
         meta = metadata_format.read(Path(package) / "metadata.json")
         sig = signature_format.read(Path(package) / "signature.json")
@@ -35,4 +36,6 @@ class Predictor:
 
     def predict(self, prompt: Any, params: dict[str, Any] | None = None) -> str:
         resolved = self.check(prompt, params or {})
-        return generate(self.model, self.tokenizer, [prompt], resolved["max_new_tokens"], resolved["temperature"])[0]
+        return generate(
+            self.model, self.tokenizer, [prompt], resolved["max_new_tokens"], resolved["temperature"]
+        )[0]

@@ -20,8 +20,13 @@ def _fields(values: dict[str, float]) -> str:
 def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
     """Yield `advance(**values)`, to be called once per unit of work."""
     if console.is_terminal:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
         with Progress(*columns, console=console, transient=False) as bar:
             task = bar.add_task(description, total=total, info="")
             yield lambda **values: bar.update(task, advance=1, info=_fields(values))

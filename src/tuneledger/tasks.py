@@ -35,7 +35,9 @@ def generate(rule: str, rows: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(f"{rule}:{seed}")
     capacity = len(WORDS) ** WORDS_PER_PROMPT
     if rows > capacity:
-        raise TuneLedgerError(f"data.builtin_rows: at most {capacity} distinct rows exist for the {rule} task (got {rows})")
+        raise TuneLedgerError(
+            f"data.builtin_rows: at most {capacity} distinct rows exist for the {rule} task (got {rows})"
+        )
     seen: set[tuple[str, ...]] = set()
     out = []
     while len(out) < rows:

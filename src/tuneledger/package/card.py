@@ -9,29 +9,39 @@ from tuneledger.secrets import redact
 
 def _header(meta: dict) -> dict:
     tuned = meta["metrics"].get("tuned", {})
-    metrics = [{"type": key, "name": f"{key} (tuned)", "value": value}
-               for key, value in tuned.items() if value is not None]
+    metrics = [
+        {"type": key, "name": f"{key} (tuned)", "value": value}
+        for key, value in tuned.items()
+        if value is not None
+    ]
     source = meta["params"]["data"]["source"]
     return {
         "base_model": meta["base_model"]["id"],
         "library_name": "peft",
         "pipeline_tag": "text-generation",
         "tags": ["tuneledger", "lora", "peft", "dvc"],
-        "model-index": [{
-            "name": f"LoRA adapter for {meta['base_model']['id']}",
-            "results": [{
-                "task": {"type": "text-generation", "name": "Text generation"},
-                "dataset": {"name": source, "type": source, "split": "test"},
-                "metrics": metrics,
-            }],
-        }],
+        "model-index": [
+            {
+                "name": f"LoRA adapter for {meta['base_model']['id']}",
+                "results": [
+                    {
+                        "task": {"type": "text-generation", "name": "Text generation"},
+                        "dataset": {"name": source, "type": source, "split": "test"},
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ],
     }
 
 
 def _metric_rows(metrics: dict) -> str:
     rows = ["| model | loss | perplexity | exact match |", "|---|---|---|---|"]
     for label, values in metrics.items():
-        cells = ["n/a" if values.get(k) is None else f"{values[k]:.4g}" for k in ("loss", "perplexity", "exact_match")]
+        cells = [
+            "n/a" if values.get(k) is None else f"{values[k]:.4g}"
+            for k in ("loss", "perplexity", "exact_match")
+        ]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -51,11 +61,12 @@ A LoRA adapter for `{meta["base_model"]["id"]}`, built and versioned by TuneLedg
 
 ## How it was trained
 
-trl `SFTTrainer` with a peft LoRA adapter: r={lora["r"]}, alpha={lora["alpha"]}, dropout={lora["dropout"]},
-target modules {", ".join(lora["target_modules"])}. {train["epochs"]} epochs, {train["steps"]} steps, learning rate
-{p["train"]["lr"]}, batch size {p["train"]["batch_size"]}, seed {p["seed"]}; final training loss {train["final_loss"]:.4g}
-in {train["runtime_s"]:.1f} s. Data: `{p["data"]["source"]}` ({splits}). The full parameters, data and base
-model hashes and the environment are in `metadata.json`.
+trl `SFTTrainer` with a peft LoRA adapter: r={lora["r"]}, alpha={lora["alpha"]},
+dropout={lora["dropout"]}, target modules {", ".join(lora["target_modules"])}. {train["epochs"]} epochs,
+{train["steps"]} steps, learning rate {p["train"]["lr"]}, batch size {p["train"]["batch_size"]},
+seed {p["seed"]}; final training loss {train["final_loss"]} in {train["runtime_s"]:.1f} s.
+Data: `{p["data"]["source"]}` ({splits}). The full parameters, data and base model hashes and
+the environment are in `metadata.json`.
 
 ## Evaluation (held-out test split)
 

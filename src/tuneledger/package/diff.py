@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tuneledger import git
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import EXPORT_DIR, MANIFEST_FILE
 from tuneledger.package import metadata as metadata_format
@@ -50,21 +51,22 @@ def materialize(ref: str):
         yield path, None
         return
     from dvc.api import DVCFileSystem
-    from dvc.scm import RevError
 
+    commit = git.resolve_commit(ref)
+    if commit is None:
+        raise TuneLedgerError(f"{ref}: neither a package directory nor a git revision of this repository")
     tmp = Path(tempfile.mkdtemp(prefix="tuneledger-diff-"))
     try:
-        try:
-            fs = DVCFileSystem(".", rev=ref)
-        except (RevError, Exception) as exc:  # dvc raises several types for an unknown revision
-            raise TuneLedgerError(f"{ref}: neither a package directory nor a git revision ({exc})") from None
+        fs = DVCFileSystem(".", rev=commit)
         package = tmp / EXPORT_DIR.name
         package.mkdir()
         for name in DESCRIBING_FILES:
             try:
                 fs.get_file(f"{EXPORT_DIR.as_posix()}/{name}", str(package / name))
             except FileNotFoundError:
-                raise TuneLedgerError(f"{ref}: has no {EXPORT_DIR}/{name}; was the export committed there?") from None
+                raise TuneLedgerError(
+                    f"{ref}: has no {EXPORT_DIR}/{name}; was the export committed there?"
+                ) from None
         manifest = tmp / MANIFEST_FILE.name
         try:
             fs.get_file(MANIFEST_FILE.as_posix(), str(manifest))

@@ -54,6 +54,8 @@ def describe() -> dict:
 
 def requirements_txt(packages: dict[str, str]) -> str:
     """Exact pins of the producing environment, for rebuilding a serving image."""
-    lines = ["# Exact versions of the environment that produced this version (pip install -r requirements.txt)."]
+    lines = [
+        "# Exact versions of the environment that produced this version (pip install -r requirements.txt)."
+    ]
     lines += [f"{name}=={version}" for name, version in packages.items()]
     return "\n".join(lines) + "\n"

@@ -39,8 +39,12 @@ def find_base(package: Path, meta: dict, explicit: Path | None = None) -> Path:
     )
 
 
-def load(path: str | Path, device: str | None = None, base: str | Path | None = None,
-         manifest: str | Path | None = None):
+def load(
+    path: str | Path,
+    device: str | None = None,
+    base: str | Path | None = None,
+    manifest: str | Path | None = None,
+):
     """Model and tokenizer of a verified package (merged weights if shipped, else base + adapter)."""
     from peft import PeftModel
 

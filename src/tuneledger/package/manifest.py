@@ -45,10 +45,14 @@ def package_files(package: Path) -> list[str]:
     for path in sorted(package.rglob("*")):
         relative = path.relative_to(package).as_posix()
         if path.is_symlink():
-            raise TuneLedgerError(f"{package}/{relative}: symlink inside a package is refused (it can point anywhere)")
+            raise TuneLedgerError(
+                f"{package}/{relative}: symlink inside a package is refused (it can point anywhere)"
+            )
         if path.is_file():
             if path.suffix in PICKLE_SUFFIXES:
-                raise TuneLedgerError(f"{package}/{relative}: pickle file in a package is refused (loading it can run code)")
+                raise TuneLedgerError(
+                    f"{package}/{relative}: pickle file in a package is refused (loading it can run code)"
+                )
             names.append(relative)
     return names
 
@@ -57,8 +61,12 @@ def content_id(package: Path, names: list[str]) -> str:
     """SHA-256 over the model-defining files; safetensors count by tensor content, not header metadata."""
     defining = [n for n in names if n.split("/")[0] not in DESCRIPTIVE_FILES]
     plain = sha256_files([package / n for n in defining if not n.endswith(".safetensors")])
-    entries = {n: ("tensors", tensor_digest(package / n)) if n.endswith(".safetensors") else ("file", plain[package / n])
-               for n in defining}
+    entries = {
+        n: ("tensors", tensor_digest(package / n))
+        if n.endswith(".safetensors")
+        else ("file", plain[package / n])
+        for n in defining
+    }
     return sha256_bytes(canonical_json(entries))
 
 
@@ -92,7 +100,9 @@ def parse(text: str, source: Path) -> Manifest:
         }
         return Manifest(content_id=str(body["content_id"]), files=entries)
     except (TypeError, KeyError, ValueError, AttributeError):
-        raise TuneLedgerError(f"{source}: corrupt manifest: needs content_id and files {{path: {{sha256, size}}}}") from None
+        raise TuneLedgerError(
+            f"{source}: corrupt manifest: needs content_id and files {{path: {{sha256, size}}}}"
+        ) from None
 
 
 def read(path: Path) -> Manifest:

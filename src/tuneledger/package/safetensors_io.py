@@ -11,8 +11,21 @@ from tuneledger.errors import TuneLedgerError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
 DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 
 
@@ -25,7 +38,9 @@ def read_header(path: Path) -> tuple[dict, int]:
             raise TuneLedgerError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
         (length,) = struct.unpack("<Q", prefix)
         if length > min(MAX_HEADER_BYTES, size - 8):
-            raise TuneLedgerError(f"{path}: corrupt safetensors header: declares {length} header bytes, file has {size}")
+            raise TuneLedgerError(
+                f"{path}: corrupt safetensors header: declares {length} header bytes, file has {size}"
+            )
         try:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -41,15 +56,21 @@ def _check_table(path: Path, header: dict, data_bytes: int) -> None:
     for name, entry in header.items():
         if name == "__metadata__":
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-                raise TuneLedgerError(f"{path}: corrupt safetensors header: __metadata__ must map strings to strings")
+                raise TuneLedgerError(
+                    f"{path}: corrupt safetensors header: __metadata__ must map strings to strings"
+                )
             continue
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (TypeError, KeyError, ValueError):
-            raise TuneLedgerError(f"{path}: corrupt safetensors header: tensor {name!r} lacks dtype/shape/offsets") from None
+            raise TuneLedgerError(
+                f"{path}: corrupt safetensors header: tensor {name!r} lacks dtype/shape/offsets"
+            ) from None
         if dtype not in DTYPE_BYTES:
             raise TuneLedgerError(f"{path}: tensor {name!r}: unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not all(isinstance(o, int) for o in (begin, end)):
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not all(
+            isinstance(o, int) for o in (begin, end)
+        ):
             raise TuneLedgerError(f"{path}: tensor {name!r}: shape and offsets must be non-negative integers")
         numel = 1
         for dim in shape:
@@ -65,7 +86,7 @@ def _check_table(path: Path, header: dict, data_bytes: int) -> None:
             )
         spans.append((begin, end, name))
     spans.sort()
-    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:]):
+    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
         if second_begin < first_end:
             raise TuneLedgerError(f"{path}: tensors {first!r} and {second!r} overlap")
 

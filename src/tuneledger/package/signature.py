@@ -13,16 +13,26 @@ SCHEMA_VERSION = 1
 _TYPES = {"string": str, "integer": int, "number": (int, float)}
 
 
-def build(max_prompt_chars: int, max_prompt_tokens: int, max_new_tokens: int, default_new_tokens: int) -> dict:
+def build(
+    max_prompt_chars: int, max_prompt_tokens: int, max_new_tokens: int, default_new_tokens: int
+) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "inputs": {
-            "prompt": {"type": "string", "min_length": 1, "max_length": max_prompt_chars,
-                       "max_tokens": max_prompt_tokens},
+            "prompt": {
+                "type": "string",
+                "min_length": 1,
+                "max_length": max_prompt_chars,
+                "max_tokens": max_prompt_tokens,
+            },
         },
         "params": {
-            "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": max_new_tokens,
-                               "default": min(default_new_tokens, max_new_tokens)},
+            "max_new_tokens": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": max_new_tokens,
+                "default": min(default_new_tokens, max_new_tokens),
+            },
             "temperature": {"type": "number", "minimum": 0.0, "maximum": 2.0, "default": 0.0},
         },
         "outputs": {"text": {"type": "string"}},
@@ -58,10 +68,14 @@ def _check_value(name: str, spec: dict, value: Any) -> None:
         if len(value) < spec.get("min_length", 0):
             raise SignatureViolation(name, f"must have at least {spec['min_length']} characters")
         if len(value) > spec.get("max_length", len(value)):
-            raise SignatureViolation(name, f"must have at most {spec['max_length']} characters, got {len(value)}")
+            raise SignatureViolation(
+                name, f"must have at most {spec['max_length']} characters, got {len(value)}"
+            )
         return
     if not spec.get("minimum", value) <= value <= spec.get("maximum", value):
-        raise SignatureViolation(name, f"must be between {spec['minimum']} and {spec['maximum']}, got {value}")
+        raise SignatureViolation(
+            name, f"must be between {spec['minimum']} and {spec['maximum']}, got {value}"
+        )
 
 
 def check_request(signature: dict, prompt: Any, params: dict[str, Any]) -> dict[str, Any]:

@@ -30,7 +30,10 @@ def find_problems(package: Path, manifest: manifest_format.Manifest) -> list[Pro
     package = Path(package)
     present = set(manifest_format.package_files(package))
     expected = manifest.files
-    problems = [Problem(f"{package}/{n}", "missing", expected[n]["sha256"], None) for n in sorted(expected.keys() - present)]
+    problems = [
+        Problem(f"{package}/{n}", "missing", expected[n]["sha256"], None)
+        for n in sorted(expected.keys() - present)
+    ]
     hashes = sha256_files([package / n for n in sorted(present)])
     for name in sorted(present):
         actual = hashes[package / name]

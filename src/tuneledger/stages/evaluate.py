@@ -27,8 +27,10 @@ def run(params: Params) -> dict:
     comparison = [{"model": name, **values} for name, values in metrics.items()]
     write_text_atomic(EVAL_RESULTS / "comparison.json", json.dumps(comparison, indent=2) + "\n")
     for name, values in metrics.items():
-        say(f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "
-            f"exact match {values['exact_match']}")
+        say(
+            f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "
+            f"exact match {values['exact_match']}"
+        )
     return metrics
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from tuneledger import base_model, git, modeling
 from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir, write_text_atomic
 from tuneledger.hashing import sha256_file, tree_digest
-from tuneledger.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, EXPORT_DIR, MANIFEST_FILE, PREPARED_DIR, TRAIN_RESULTS
+from tuneledger.layout import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    EVAL_RESULTS,
+    EXPORT_DIR,
+    MANIFEST_FILE,
+    PREPARED_DIR,
+    TRAIN_RESULTS,
+)
 from tuneledger.package import card, environment, manifest, metadata, signature
 from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
@@ -70,7 +78,9 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     content_id = manifest.content_id(staged, manifest.package_files(staged))
     commit = git.head_commit()
     dirty = git.dirty_paths()
-    rewrite_metadata(staged / WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""})
+    rewrite_metadata(
+        staged / WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""}
+    )
 
     env = environment.describe()
     record = metadata.build(

@@ -55,7 +55,8 @@ def _lora_config(params: Params, model) -> LoraConfig:
     missing = [t for t in params.lora.target_modules if t not in available]
     if missing:
         raise TuneLedgerError(
-            f"params.yaml: lora.target_modules: {missing} not in the base model (it has {', '.join(available)})"
+            f"params.yaml: lora.target_modules: {missing} not in the base model "
+            f"(it has {', '.join(available)})"
         )
     return LoraConfig(
         r=params.lora.r,

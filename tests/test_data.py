@@ -1,0 +1,89 @@
+"""Datasets: built-in tasks are deterministic; a user's broken JSONL fails as `file:line: what`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run, set_params
+from tuneledger import data, tasks
+from tuneledger.errors import TuneLedgerError
+from tuneledger.params import DataParams
+
+
+def write(tmp_path, content: bytes | str, name="rows.jsonl"):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def test_builtin_task_has_exact_answers_and_is_seeded():
+    rows = tasks.generate("reverse", 50, seed=3)
+    assert rows == tasks.generate("reverse", 50, seed=3)
+    assert rows != tasks.generate("reverse", 50, seed=4)
+    assert rows[0]["prompt"].startswith("reverse: ") and rows[0]["prompt"].endswith(" =>")
+    words = rows[0]["prompt"].removeprefix("reverse: ").removesuffix(" =>").split()
+    assert rows[0]["completion"] == " " + " ".join(reversed(words))
+    assert len({r["prompt"] for r in rows}) == 50
+
+
+def test_splits_are_deterministic_and_disjoint():
+    rows = tasks.generate("reverse", 200, seed=0)
+    params = DataParams(val_fraction=0.1, test_fraction=0.2)
+    first, again = data.split(rows, params, seed=7), data.split(rows, params, seed=7)
+    assert first == again and first != data.split(rows, params, seed=8)
+    assert [len(first[s]) for s in data.SPLITS] == [140, 20, 40]
+    prompts = [r["prompt"] for s in data.SPLITS for r in first[s]]
+    assert len(set(prompts)) == 200
+
+
+def test_reads_prompt_completion_and_text_rows(tmp_path):
+    pc = write(
+        tmp_path, '{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": "d", "id": 3}\n'
+    )
+    assert data.read_jsonl(pc) == [{"prompt": "a", "completion": "b"}, {"prompt": "c", "completion": "d"}]
+    text = write(tmp_path, '\ufeff{"text": "hello"}\n', "text.jsonl")  # a BOM on the first line is accepted
+    assert data.read_jsonl(text) == [{"text": "hello"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n', ":2: not valid JSON"),
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', ":2: missing field 'completion'"),
+        ('{"prompt": "a", "completion": "b"}\n{"text": "a"}\n', ":2: missing field 'prompt'"),
+        ('{"prompt": "a", "completion": 3}\n', ":1: field 'completion' must be a string, got int"),
+        ("[1, 2]\n", ":1: expected a JSON object, got list"),
+        ('{"text": ""}\n', ":1: text empty"),
+        (b'{"text": "ok"}\n{"text": "\xff\xfe"}\n', ":2: not UTF-8"),
+        ("", ": no rows (the file is empty)"),
+        ("\n\n", ": no rows (the file is empty)"),
+    ],
+)
+def test_broken_lines_name_file_and_line(tmp_path, content, message):
+    path = write(tmp_path, content)
+    with pytest.raises(TuneLedgerError) as refused:
+        data.read_jsonl(path)
+    assert str(refused.value).startswith(str(path)) and message in str(refused.value)
+
+
+def test_unknown_builtin_and_missing_file_are_named():
+    with pytest.raises(TuneLedgerError, match="unknown built-in task 'builtin:nope'"):
+        data.load_source(DataParams(source="builtin:nope"), 0)
+    with pytest.raises(TuneLedgerError, match="data.source: missing.jsonl not found"):
+        data.load_source(DataParams(source="missing.jsonl"), 0)
+
+
+def test_broken_dataset_line_stops_prepare_and_keeps_outputs(trained_repo):
+    rows = [json.dumps({"prompt": f"q{i}", "completion": f" a{i}"}) for i in range(10)]
+    rows[6] = '{"prompt": "q6", "completion": '
+    (trained_repo / "data/raw/mine.jsonl").write_text("\n".join(rows) + "\n")
+    set_params(trained_repo, **{"data.source": "data/raw/mine.jsonl"})
+    before = (trained_repo / "data/prepared/train.jsonl").read_bytes()
+    failed = run("dvc", "repro", cwd=trained_repo, check=False)
+    assert failed.returncode != 0
+    assert "error: data/raw/mine.jsonl:7: not valid JSON" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert (trained_repo / "data/prepared/train.jsonl").read_bytes() == before
+    assert (trained_repo / "models/base/model.safetensors").is_file()
