@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tuneledger-installed
 
-.PHONY: setup repro test lint bench clean-venv
+.PHONY: setup repro test lint bench s3-local s3-local-stop clean-venv
 
 setup: $(STAMP)
 
@@ -28,6 +28,24 @@ lint: setup
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
+
+# A local S3 endpoint on 127.0.0.1:$(S3_PORT) (moto), with the `storage` remote pointed at it
+# through .dvc/config.local. Its data lives in memory until `make s3-local-stop`.
+S3_PORT ?= 9000
+s3-local: setup
+	mkdir -p .s3-local
+	@if [ -f .s3-local/pid ] && kill -0 $$(cat .s3-local/pid) 2>/dev/null; then \
+		echo "local S3 already running (pid $$(cat .s3-local/pid))"; \
+	else \
+		nohup $(BIN)/python -m tuneledger.s3local --port $(S3_PORT) --configure > .s3-local/server.log 2>&1 & \
+		echo $$! > .s3-local/pid; \
+		for i in $$(seq 50); do grep -q "local S3 on" .s3-local/server.log && break; sleep 0.2; done; \
+		cat .s3-local/server.log; \
+	fi
+
+s3-local-stop:
+	-kill $$(cat .s3-local/pid) 2>/dev/null
+	rm -f .s3-local/pid
 
 clean-venv:
 	rm -rf $(VENV)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneledger.errors import friendly_errors
+from tuneledger.errors import TuneLedgerError, friendly_errors
 from tuneledger.layout import EXPORT_DIR
 from tuneledger.progress import quiet_libraries
 
@@ -104,3 +104,142 @@ def diff(
 
 def main() -> None:
     app()
+
+
+# --- registry -------------------------------------------------------------------------------
+NameOption = Annotated[str, typer.Option("--name", help="Artifact declared in dvc.yaml `artifacts:`.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _table(title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    out.print(table)
+
+
+@app.command()
+@friendly_errors
+def register(
+    name: NameOption = "lora-adapter",
+    bump: Annotated[str, typer.Option(help="major, minor or patch.")] = "minor",
+    version: Annotated[str | None, typer.Option(help="An explicit version, e.g. v1.2.0.")] = None,
+    push: Annotated[bool, typer.Option("--push", help="dvc push before checking the remote.")] = False,
+) -> None:
+    """Register HEAD's export as a new version (clean workspace, verified, healthy, pushed)."""
+    from tuneledger.registry import api
+
+    if bump not in ("major", "minor", "patch"):
+        raise TuneLedgerError(f"--bump must be major, minor or patch (got {bump!r})")
+    result = api.register(name, bump=bump, version=version, push_first=push)
+    out.print(f"registered {result['name']}@{result['version']} (commit {result['commit'][:12]}, "
+              f"content id {result['content_id']})")
+
+
+@app.command()
+@friendly_errors
+def promote(
+    version: Annotated[str, typer.Argument(help="Version to promote, e.g. v1.3.0.")],
+    stage: Annotated[str, typer.Option(help="dev, staging or prod.")],
+    name: NameOption = "lora-adapter",
+    force: Annotated[bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
+) -> None:
+    """Run the gate, then point STAGE at VERSION."""
+    from tuneledger.registry import api
+
+    result = api.promote(version, stage, name=name, force=force, reason=reason)
+    _table(f"gate for {name} {version} → {stage}",
+           [{"check": c.name, "result": "pass" if c.ok else "FAIL", "detail": c.detail} for c in result["checks"]],
+           ["check", "result", "detail"])
+    forced = " (forced)" if result["forced"] else ""
+    out.print(f"{stage}: {result['from'] or '(none)'} → {version}{forced}")
+
+
+@app.command()
+@friendly_errors
+def rollback(
+    stage: Annotated[str, typer.Option(help="Stage to move back.")],
+    name: NameOption = "lora-adapter",
+    to: Annotated[str | None, typer.Option(help="Version to return to (default: the previous holder).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
+) -> None:
+    """Give STAGE back to its previous version (a new assignment tag, never an unassignment)."""
+    from tuneledger.registry import api
+
+    result = api.rollback(stage, name=name, to=to, reason=reason)
+    out.print(f"{stage}: {result['from']} → {result['to']} in {result['seconds']:.2f}s")
+
+
+@app.command()
+@friendly_errors
+def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: JsonOption = False) -> None:
+    """Registered versions, the stages they hold, content ids and key metrics."""
+    from tuneledger.registry import api
+
+    rows = api.show(name)
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        row["stages"] = ", ".join(row["stages"])
+        row["commit"] = row["commit"][:12]
+        row["exact match"] = row["metrics"].get("exact_match")
+        row["loss"] = row["metrics"].get("loss")
+    _table("registry", rows, ["artifact", "version", "stages", "commit", "created", "content_id", "exact match", "loss"])
+
+
+@app.command()
+@friendly_errors
+def history(name: Annotated[str | None, typer.Option("--name")] = None, as_json: JsonOption = False) -> None:
+    """Who registered, promoted and rolled back what, when and why (newest first)."""
+    from tuneledger.registry import api
+
+    rows = api.history(name)
+    if as_json:
+        _print_json(rows)
+        return
+    _table("registry history", rows, ["time", "artifact", "event", "version", "stage", "from", "by", "reason"])
+
+
+@app.command()
+@friendly_errors
+def fetch(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to publish the verified package in.")],
+    stage: Annotated[str | None, typer.Option(help="Fetch the version this stage points at.")] = None,
+    version: Annotated[str | None, typer.Option(help="Fetch this version.")] = None,
+    name: NameOption = "lora-adapter",
+    with_base: Annotated[bool, typer.Option("--with-base", help="Also fetch the base model into OUTPUT.base/.")] = False,
+) -> None:
+    """Resolve through the registry, download through DVC, verify against the committed manifest."""
+    from tuneledger.registry import api
+
+    resolved = api.fetch(output, name=name, version=version, stage=stage, with_base=with_base)
+    out.print(f"fetched {name}@{resolved.version} → {output} (verified {len(resolved.manifest.files)} files, "
+              f"content id {resolved.manifest.content_id})")
+
+
+@app.command()
+@friendly_errors
+def reproduce(
+    version: Annotated[str, typer.Argument(help="Registered version to rebuild.")],
+    name: NameOption = "lora-adapter",
+    as_json: JsonOption = False,
+) -> None:
+    """Rebuild a version from its commit in a temporary worktree and compare content ids."""
+    from tuneledger.registry.fetch import resolve
+    from tuneledger.registry.reproduce import reproduce as rebuild
+
+    result = rebuild(resolve(name, version=version))
+    if as_json:
+        _print_json(vars(result) | {"identical": result.identical})
+    elif result.identical:
+        out.print(f"identical: {name}@{version} rebuilt to content id {result.rebuilt}")
+    else:
+        out.print(f"differs: {name}@{version} expected {result.expected}, rebuilt {result.rebuilt}")
+        for path in result.differing:
+            out.print(f"  {path}")
+    if not result.identical:
+        raise typer.Exit(1)

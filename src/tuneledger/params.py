@@ -72,6 +72,13 @@ class ExportParams(_Group):
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 32
 
 
+class RegistryParams(_Group):
+    # A candidate may be this much worse than the version it replaces (relative, per metric).
+    tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    # Largest relative change of any layer's LoRA update norm versus the stage's current version.
+    max_norm_drift: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.5
+
+
 class Params(_Group):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 42
     model: ModelParams = ModelParams()
@@ -80,6 +87,7 @@ class Params(_Group):
     train: TrainParams = TrainParams()
     eval: EvalParams = EvalParams()
     export: ExportParams = ExportParams()
+    registry: RegistryParams = RegistryParams()
 
     def group(self, name: str) -> dict[str, Any]:
         """One param group as plain data (what a stage records about itself)."""

@@ -59,3 +59,52 @@ def _numel(shape: list[int]) -> int:
     for dim in shape:
         count *= dim
     return count
+
+
+def effective_update_norms(package: Path) -> dict[str, float]:
+    """Frobenius norm of each adapted layer's weight update (alpha/r · B·A): comparable across ranks."""
+    import torch
+
+    from tuneledger.package.safetensors_io import load_tensors
+
+    package = Path(package)
+    config = read_config(package)
+    tensors = load_tensors(package / WEIGHTS)
+    pairs: dict[str, dict[str, object]] = {}
+    for name, tensor in tensors.items():
+        match = _LORA.match(name)
+        if match:
+            pairs.setdefault(match["module"], {})[match["part"]] = tensor
+    norms = {}
+    for module, pair in pairs.items():
+        if "A" in pair and "B" in pair:
+            a, b = pair["A"].double(), pair["B"].double()
+            scale = float(config.get("lora_alpha", 1)) / a.shape[0]
+            norms[module] = float(torch.linalg.matrix_norm(b @ a) * scale)
+    return norms
+
+
+def health_problems(package: Path) -> list[str]:
+    """Why these weights should not be served: non-finite values, or LoRA B never trained."""
+    import torch
+
+    from tuneledger.package.safetensors_io import load_tensors
+
+    problems = []
+    for name, tensor in sorted(load_tensors(Path(package) / WEIGHTS).items()):
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            problems.append(f"{name}: {bad} NaN/Inf values")
+        elif ".lora_B." in name and not tensor.any():
+            problems.append(f"{name}: all zero (the adapter was never trained)")
+    return problems
+
+
+def norm_drift(candidate: Path, reference: Path) -> tuple[float | None, str | None]:
+    """Largest relative change of a layer's update norm, and which layer; None if nothing to compare."""
+    new, old = effective_update_norms(candidate), effective_update_norms(reference)
+    shared = sorted(new.keys() & old.keys())
+    if not shared:
+        return None, None
+    worst = max(shared, key=lambda m: abs(new[m] - old[m]) / max(old[m], 1e-12))
+    return abs(new[worst] - old[worst]) / max(old[worst], 1e-12), worst

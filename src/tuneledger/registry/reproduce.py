@@ -1,0 +1,62 @@
+"""Rebuilding a registered version from its commit, to prove the registry's bytes can be remade."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneledger import git
+from tuneledger.errors import TuneLedgerError
+from tuneledger.package import manifest as manifest_format
+from tuneledger.registry.fetch import Resolved, scratch_dir
+
+
+@dataclass
+class Reproduction:
+    version: str
+    expected: str
+    rebuilt: str
+    differing: list[str] = field(default_factory=list)  # model-defining files whose bytes changed
+
+    @property
+    def identical(self) -> bool:
+        return self.expected == self.rebuilt
+
+
+def reproduce(resolved: Resolved, keep: bool = False) -> Reproduction:
+    """`dvc repro` of the version's commit in a temporary git worktree sharing this cache."""
+    with_dvc = git.run_git("rev-parse", "--show-toplevel")
+    cache = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], capture_output=True, text=True, cwd=with_dvc)
+    worktree = scratch_dir() / "worktree"
+    git.run_git("worktree", "add", "--detach", str(worktree), resolved.commit)
+    try:
+        local_config = Path(with_dvc) / ".dvc" / "config.local"
+        if local_config.is_file():  # remote credentials live outside git
+            shutil.copyfile(local_config, worktree / ".dvc" / "config.local")
+        if cache.returncode == 0 and cache.stdout.strip():
+            _run(["dvc", "cache", "dir", "--local", cache.stdout.strip()], worktree)
+        # The worktree's own code must run, not the installed one.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(worktree / "src"), os.environ.get("PYTHONPATH")]))}
+        _run(["dvc", "repro"], worktree, env)
+        rebuilt = manifest_format.read(worktree / manifest_format.manifest_path_for(Path(resolved.path)))
+    finally:
+        if not keep:
+            git.run_git("worktree", "remove", "--force", str(worktree), check=False)
+            shutil.rmtree(worktree.parent, ignore_errors=True)
+    defining = {n for n in {*resolved.manifest.files, *rebuilt.files} if n.split("/")[0] not in manifest_format.DESCRIPTIVE_FILES}
+    differing = sorted(n for n in defining if resolved.manifest.files.get(n) != rebuilt.files.get(n))
+    return Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id, differing)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> None:
+    bindir = Path(sys.executable).parent
+    env = dict(env or os.environ)
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise TuneLedgerError(f"{' '.join(cmd)} failed in the rebuild worktree: {' | '.join(tail)}")
