@@ -108,3 +108,27 @@ def default_run(tmp_path_factory) -> Path:
 def trained_repo(default_run, tmp_path) -> Path:
     """A private, writable copy of the default run."""
     return copy_repo(default_run, tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 endpoint (moto server) on 127.0.0.1 for the whole session."""
+    from tuneledger.s3local import LocalS3
+
+    server = LocalS3().start()
+    yield server
+    server.stop()
+
+
+def use_remote(repo: Path, s3, bucket: str) -> None:
+    """Point the repo's `storage` remote at a fresh bucket of the local S3 (config.local only)."""
+    from tuneledger.s3local import configure_remote
+
+    s3.client().create_bucket(Bucket=bucket)
+    configure_remote(s3.endpoint, bucket=bucket, cwd=str(repo))
+
+
+def commit_all(repo: Path, message: str) -> str:
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-q", "-m", message, cwd=repo)
+    return run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()

@@ -134,8 +134,10 @@ def register(
     if bump not in ("major", "minor", "patch"):
         raise TuneLedgerError(f"--bump must be major, minor or patch (got {bump!r})")
     result = api.register(name, bump=bump, version=version, push_first=push)
-    out.print(f"registered {result['name']}@{result['version']} (commit {result['commit'][:12]}, "
-              f"content id {result['content_id']})")
+    out.print(
+        f"registered {result['name']}@{result['version']} (commit {result['commit'][:12]}, "
+        f"content id {result['content_id']})"
+    )
 
 
 @app.command()
@@ -144,16 +146,23 @@ def promote(
     version: Annotated[str, typer.Argument(help="Version to promote, e.g. v1.3.0.")],
     stage: Annotated[str, typer.Option(help="dev, staging or prod.")],
     name: NameOption = "lora-adapter",
-    force: Annotated[bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")
+    ] = False,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
 ) -> None:
     """Run the gate, then point STAGE at VERSION."""
     from tuneledger.registry import api
 
     result = api.promote(version, stage, name=name, force=force, reason=reason)
-    _table(f"gate for {name} {version} → {stage}",
-           [{"check": c.name, "result": "pass" if c.ok else "FAIL", "detail": c.detail} for c in result["checks"]],
-           ["check", "result", "detail"])
+    _table(
+        f"gate for {name} {version} → {stage}",
+        [
+            {"check": c.name, "result": "pass" if c.ok else "FAIL", "detail": c.detail}
+            for c in result["checks"]
+        ],
+        ["check", "result", "detail"],
+    )
     forced = " (forced)" if result["forced"] else ""
     out.print(f"{stage}: {result['from'] or '(none)'} → {version}{forced}")
 
@@ -163,7 +172,9 @@ def promote(
 def rollback(
     stage: Annotated[str, typer.Option(help="Stage to move back.")],
     name: NameOption = "lora-adapter",
-    to: Annotated[str | None, typer.Option(help="Version to return to (default: the previous holder).")] = None,
+    to: Annotated[
+        str | None, typer.Option(help="Version to return to (default: the previous holder).")
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
 ) -> None:
     """Give STAGE back to its previous version (a new assignment tag, never an unassignment)."""
@@ -188,7 +199,11 @@ def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: Js
         row["commit"] = row["commit"][:12]
         row["exact match"] = row["metrics"].get("exact_match")
         row["loss"] = row["metrics"].get("loss")
-    _table("registry", rows, ["artifact", "version", "stages", "commit", "created", "content_id", "exact match", "loss"])
+    _table(
+        "registry",
+        rows,
+        ["artifact", "version", "stages", "commit", "created", "content_id", "exact match", "loss"],
+    )
 
 
 @app.command()
@@ -201,24 +216,32 @@ def history(name: Annotated[str | None, typer.Option("--name")] = None, as_json:
     if as_json:
         _print_json(rows)
         return
-    _table("registry history", rows, ["time", "artifact", "event", "version", "stage", "from", "by", "reason"])
+    _table(
+        "registry history", rows, ["time", "artifact", "event", "version", "stage", "from", "by", "reason"]
+    )
 
 
 @app.command()
 @friendly_errors
 def fetch(
-    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to publish the verified package in.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Directory to publish the verified package in.")
+    ],
     stage: Annotated[str | None, typer.Option(help="Fetch the version this stage points at.")] = None,
     version: Annotated[str | None, typer.Option(help="Fetch this version.")] = None,
     name: NameOption = "lora-adapter",
-    with_base: Annotated[bool, typer.Option("--with-base", help="Also fetch the base model into OUTPUT.base/.")] = False,
+    with_base: Annotated[
+        bool, typer.Option("--with-base", help="Also fetch the base model into OUTPUT.base/.")
+    ] = False,
 ) -> None:
     """Resolve through the registry, download through DVC, verify against the committed manifest."""
     from tuneledger.registry import api
 
     resolved = api.fetch(output, name=name, version=version, stage=stage, with_base=with_base)
-    out.print(f"fetched {name}@{resolved.version} → {output} (verified {len(resolved.manifest.files)} files, "
-              f"content id {resolved.manifest.content_id})")
+    out.print(
+        f"fetched {name}@{resolved.version} → {output} (verified {len(resolved.manifest.files)} files, "
+        f"content id {resolved.manifest.content_id})"
+    )
 
 
 @app.command()

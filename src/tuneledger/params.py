@@ -74,7 +74,7 @@ class ExportParams(_Group):
 
 class RegistryParams(_Group):
     # A candidate may be this much worse than the version it replaces (relative, per metric).
-    tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     # Largest relative change of any layer's LoRA update norm versus the stage's current version.
     max_norm_drift: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.5
 

@@ -7,6 +7,7 @@ remote at it through .dvc/config.local; the tests start the same server in-proce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import socket
 import subprocess
@@ -41,9 +42,13 @@ class LocalS3:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
     def start(self) -> LocalS3:
         self.server.start()
@@ -63,8 +68,12 @@ def configure_remote(endpoint: str, bucket: str = BUCKET, remote: str = "storage
         "secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     }
     for key, value in settings.items():
-        subprocess.run([sys.executable, "-m", "dvc", "remote", "modify", "--local", remote, key, value],
-                       cwd=cwd, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "remote", "modify", "--local", remote, key, value],
+            cwd=cwd,
+            check=True,
+            capture_output=True,
+        )
 
 
 def main() -> None:
@@ -78,10 +87,8 @@ def main() -> None:
     print(f"local S3 on {server.endpoint}, bucket {server.bucket}; stop with Ctrl-C", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     server.stop()
 
 

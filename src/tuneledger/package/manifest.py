@@ -57,17 +57,26 @@ def package_files(package: Path) -> list[str]:
     return names
 
 
-def content_id(package: Path, names: list[str]) -> str:
-    """SHA-256 over the model-defining files; safetensors count by tensor content, not header metadata."""
-    defining = [n for n in names if n.split("/")[0] not in DESCRIPTIVE_FILES]
+def defining_files(names: list[str]) -> list[str]:
+    """The files that define the model (everything but the descriptive ones)."""
+    return [n for n in names if n.split("/")[0] not in DESCRIPTIVE_FILES]
+
+
+def identities(package: Path, names: list[str]) -> dict[str, list[str]]:
+    """What each model-defining file *is*: safetensors by tensor content (not header), others by bytes."""
+    defining = defining_files(names)
     plain = sha256_files([package / n for n in defining if not n.endswith(".safetensors")])
-    entries = {
-        n: ("tensors", tensor_digest(package / n))
+    return {
+        n: ["tensors", tensor_digest(package / n)]
         if n.endswith(".safetensors")
-        else ("file", plain[package / n])
+        else ["file", plain[package / n]]
         for n in defining
     }
-    return sha256_bytes(canonical_json(entries))
+
+
+def content_id(package: Path, names: list[str]) -> str:
+    """SHA-256 over the identities of the model-defining files: equal weights, equal id."""
+    return sha256_bytes(canonical_json(identities(package, names)))
 
 
 def build(package: Path, known_content_id: str | None = None) -> Manifest:

@@ -25,22 +25,29 @@ class Problem:
         return f"{self.path}: sha256 mismatch: expected {self.expected}, got {self.actual}"
 
 
-def find_problems(package: Path, manifest: manifest_format.Manifest) -> list[Problem]:
-    """Every difference between a directory and its manifest, hashing files in parallel."""
+def find_problems(
+    package: Path, manifest: manifest_format.Manifest, label: str | None = None, only: list[str] | None = None
+) -> list[Problem]:
+    """Every difference between a directory and its manifest, hashing files in parallel.
+
+    `label` names the package in messages (say, the destination of a download still being
+    staged); `only` limits the check to some files, for a partial download.
+    """
     package = Path(package)
+    label = label or str(package)
     present = set(manifest_format.package_files(package))
-    expected = manifest.files
+    expected = {n: e for n, e in manifest.files.items() if only is None or n in only}
     problems = [
-        Problem(f"{package}/{n}", "missing", expected[n]["sha256"], None)
+        Problem(f"{label}/{n}", "missing", expected[n]["sha256"], None)
         for n in sorted(expected.keys() - present)
     ]
     hashes = sha256_files([package / n for n in sorted(present)])
     for name in sorted(present):
         actual = hashes[package / name]
         if name not in expected:
-            problems.append(Problem(f"{package}/{name}", "unexpected", None, actual))
+            problems.append(Problem(f"{label}/{name}", "unexpected", None, actual))
         elif actual != expected[name]["sha256"]:
-            problems.append(Problem(f"{package}/{name}", "changed", expected[name]["sha256"], actual))
+            problems.append(Problem(f"{label}/{name}", "changed", expected[name]["sha256"], actual))
     return problems
 
 

@@ -35,12 +35,18 @@ def _require_clean_workspace() -> None:
         status = repo.status()
     if status:
         stages = ", ".join(sorted(status)[:5])
-        raise TuneLedgerError(f"register refused: the workspace does not match dvc.lock ({stages}); "
-                              "run `dvc repro` (or `dvc checkout`) and commit")
+        raise TuneLedgerError(
+            f"register refused: the workspace does not match dvc.lock ({stages}); "
+            "run `dvc repro` (or `dvc checkout`) and commit"
+        )
 
 
-def register(name: str = artifacts.DEFAULT_NAME, bump: str = "minor", version: str | None = None,
-             push_first: bool = False) -> dict[str, Any]:
+def register(
+    name: str = artifacts.DEFAULT_NAME,
+    bump: str = "minor",
+    version: str | None = None,
+    push_first: bool = False,
+) -> dict[str, Any]:
     """Tag HEAD as a new version of `name`, after every reason to refuse has been checked."""
     from tuneledger.package import metadata as metadata_format
 
@@ -56,18 +62,30 @@ def register(name: str = artifacts.DEFAULT_NAME, bump: str = "minor", version: s
             push()
         missing = missing_on_remote(commit, targets=None)
         if missing:
-            raise TuneLedgerError(f"register refused: {len(missing)} output object(s) are not on the remote; "
-                                  "run `dvc push` first, or pass --push")
+            raise TuneLedgerError(
+                f"register refused: {len(missing)} output object(s) are not on the remote; "
+                "run `dvc push` first, or pass --push"
+            )
         meta = metadata_format.read(artifact.path / "metadata.json")
-        info = {"action": "register", "content_id": checked.content_id, "by": _who(),
-                "metrics": meta["metrics"].get("tuned", {})}
+        info = {
+            "action": "register",
+            "content_id": checked.content_id,
+            "by": _who(),
+            "metrics": meta["metrics"].get("tuned", {}),
+        }
         summary = f"register {name}: content id {checked.content_id}"
         new_version = tags.register(name, commit, version, bump, tags.compose_message(summary, info))
     return {"name": name, "version": new_version, "commit": commit, "content_id": checked.content_id}
 
 
-def promote(version: str, stage: str, name: str = artifacts.DEFAULT_NAME, force: bool = False,
-            reason: str | None = None, extra_checks: list[Check] | None = None) -> dict[str, Any]:
+def promote(
+    version: str,
+    stage: str,
+    name: str = artifacts.DEFAULT_NAME,
+    force: bool = False,
+    reason: str | None = None,
+    extra_checks: list[Check] | None = None,
+) -> dict[str, Any]:
     """Run the gate against the stage's current version, then move the stage to `version`."""
     if force and not reason:
         raise TuneLedgerError("--force needs --reason: the override is recorded in the registry")
@@ -87,17 +105,32 @@ def promote(version: str, stage: str, name: str = artifacts.DEFAULT_NAME, force:
         failed = [c.name for c in checks if not c.ok]
         if failed and not force:
             raise GateFailed(version, stage, checks)
-        info = {"action": "promote", "from": current, "by": _who(), "content_id": candidate.manifest.content_id,
-                "reason": reason, "forced": bool(failed), "failed_checks": failed}
+        info = {
+            "action": "promote",
+            "from": current,
+            "by": _who(),
+            "content_id": candidate.manifest.content_id,
+            "reason": reason,
+            "forced": bool(failed),
+            "failed_checks": failed,
+        }
         summary = f"promote {name} {version} to {stage}" + (f" (forced: {reason})" if failed else "")
         ever_held = any(e.version == version for e in tags.stage_assignments(name, stage))
         tags.assign(name, version, stage, tags.compose_message(summary, info), force=ever_held)
-    return {"name": name, "version": version, "stage": stage, "from": current, "checks": checks, "forced": bool(failed)}
+    return {
+        "name": name,
+        "version": version,
+        "stage": stage,
+        "from": current,
+        "checks": checks,
+        "forced": bool(failed),
+    }
 
 
-def rollback(stage: str, name: str = artifacts.DEFAULT_NAME, to: str | None = None,
-             reason: str | None = None) -> dict[str, Any]:
-    """Give the stage back to its previous holder (or `to`) with a new assignment tag, never by unassigning."""
+def rollback(
+    stage: str, name: str = artifacts.DEFAULT_NAME, to: str | None = None, reason: str | None = None
+) -> dict[str, Any]:
+    """Give the stage back to its previous holder (or `to`): a new assignment tag, never an unassignment."""
     started = time.monotonic()
     with registry_lock(f"rollback {name} {stage}"):
         stack = tags.holders_stack(name, stage)
@@ -106,7 +139,9 @@ def rollback(stage: str, name: str = artifacts.DEFAULT_NAME, to: str | None = No
         current = stack[-1]
         if to is None:
             if len(stack) < 2:
-                raise TuneLedgerError(f"nothing to roll back to: {current} is the only version {stage} has had")
+                raise TuneLedgerError(
+                    f"nothing to roll back to: {current} is the only version {stage} has had"
+                )
             to = stack[-2]
         if to == current:
             raise TuneLedgerError(f"{name} {to} is already in {stage}")
@@ -129,16 +164,18 @@ def show(name: str | None = None) -> list[dict[str, Any]]:
             if event.kind == "assignment":
                 holders[event.stage] = event.version
         for event in (e for e in all_events if e.kind == "registration"):
-            rows.append({
-                "artifact": artifact_name,
-                "version": event.version,
-                "stages": sorted(s for s, v in holders.items() if v == event.version),
-                "commit": event.commit,
-                "created": event.time.isoformat(),
-                "content_id": event.info.get("content_id"),
-                "metrics": event.info.get("metrics", {}),
-                "author": event.author,
-            })
+            rows.append(
+                {
+                    "artifact": artifact_name,
+                    "version": event.version,
+                    "stages": sorted(s for s, v in holders.items() if v == event.version),
+                    "commit": event.commit,
+                    "created": event.time.isoformat(),
+                    "content_id": event.info.get("content_id"),
+                    "metrics": event.info.get("metrics", {}),
+                    "author": event.author,
+                }
+            )
     return rows
 
 
@@ -165,8 +202,13 @@ def history(name: str | None = None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["time"], reverse=True)
 
 
-def fetch(out: Path, name: str = artifacts.DEFAULT_NAME, version: str | None = None, stage: str | None = None,
-          with_base: bool = False) -> Resolved:
+def fetch(
+    out: Path,
+    name: str = artifacts.DEFAULT_NAME,
+    version: str | None = None,
+    stage: str | None = None,
+    with_base: bool = False,
+) -> Resolved:
     from tuneledger.registry.fetch import fetch as fetch_verified
 
     resolved = resolve(name, version=version, stage=stage)

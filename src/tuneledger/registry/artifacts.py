@@ -28,12 +28,16 @@ def declared(root: Path = Path(".")) -> dict[str, Artifact]:
         spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
     except FileNotFoundError:
         raise TuneLedgerError("dvc.yaml not found; run tuneledger from the repository root") from None
-    return {name: Artifact(name, Path(entry["path"])) for name, entry in (spec.get("artifacts") or {}).items()}
+    return {
+        name: Artifact(name, Path(entry["path"])) for name, entry in (spec.get("artifacts") or {}).items()
+    }
 
 
 def resolve(name: str, root: Path = Path(".")) -> Artifact:
     known = declared(root)
     if name not in known:
         names = ", ".join(known) or "none"
-        raise TuneLedgerError(f"artifact {name!r} is not declared in dvc.yaml `artifacts:` (declared: {names})")
+        raise TuneLedgerError(
+            f"artifact {name!r} is not declared in dvc.yaml `artifacts:` (declared: {names})"
+        )
     return known[name]

@@ -46,7 +46,10 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
     if stage is not None:
         version = tags.stage_holder(name, stage)
         if version is None:
-            raise TuneLedgerError(f"no version of {name} is in stage {stage!r}; run `tuneledger promote VERSION --stage {stage}`")
+            raise TuneLedgerError(
+                f"no version of {name} is in stage {stage!r}; "
+                f"run `tuneledger promote VERSION --stage {stage}`"
+            )
     registered = tags.registered_versions(name)
     if version not in registered:
         known = ", ".join(registered) or "none yet (run `tuneledger register`)"
@@ -55,13 +58,19 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
     spec = yaml.safe_load(_git_show(commit, "dvc.yaml") or "{}") or {}
     declared = (spec.get("artifacts") or {}).get(name)
     if not declared:
-        raise TuneLedgerError(f"{name} {version}: commit {commit[:12]} declares no artifact {name!r} in dvc.yaml")
+        raise TuneLedgerError(
+            f"{name} {version}: commit {commit[:12]} declares no artifact {name!r} in dvc.yaml"
+        )
     path = declared["path"]
     manifest_file = str(manifest_format.manifest_path_for(Path(path)))
     text = _git_show(commit, manifest_file)
     if text is None:
-        raise TuneLedgerError(f"{name} {version}: commit {commit[:12]} holds no {manifest_file}; it cannot be verified")
-    return Resolved(name, version, commit, path, manifest_format.parse(text, Path(f"{commit[:12]}:{manifest_file}")), text)
+        raise TuneLedgerError(
+            f"{name} {version}: commit {commit[:12]} holds no {manifest_file}; it cannot be verified"
+        )
+    return Resolved(
+        name, version, commit, path, manifest_format.parse(text, Path(f"{commit[:12]}:{manifest_file}")), text
+    )
 
 
 def download(resolved: Resolved, dest: Path, names: list[str] | None = None, root: str = ".") -> None:
@@ -69,14 +78,18 @@ def download(resolved: Resolved, dest: Path, names: list[str] | None = None, roo
     from dvc.api import DVCFileSystem
 
     with open_repo(root) as repo, remote_errors(repo, f"downloading {resolved.name} {resolved.version}"):
-        fs = DVCFileSystem(root, rev=resolved.commit)
-        if names is None:
-            fs.get(resolved.path, str(dest), recursive=True)
-            return
-        for name in names:
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{resolved.path}/{name}", str(target))
+        _get_tree(DVCFileSystem(root, rev=resolved.commit), resolved.path, dest, names)
+
+
+def _get_tree(fs, path: str, dest: Path, names: list[str] | None = None) -> None:
+    """Copy the files under `path` (or just `names` relative to it) into `dest`."""
+    prefix = path.rstrip("/") + "/"
+    if names is None:
+        names = [f.removeprefix("/").removeprefix(prefix) for f in fs.find(path)]
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(prefix + name, str(target))
 
 
 def download_verified(resolved: Resolved, dest: Path, names: list[str], root: str = ".") -> Path:
@@ -94,7 +107,7 @@ def _fetch_base(resolved: Resolved, package: Path, dest: Path, root: str) -> Non
 
     expected = metadata_format.read(package / "metadata.json")["base_model"]
     with open_repo(root) as repo, remote_errors(repo, f"downloading the base model of {resolved.version}"):
-        DVCFileSystem(root, rev=resolved.commit).get(BASE_DIR.as_posix(), str(dest), recursive=True)
+        _get_tree(DVCFileSystem(root, rev=resolved.commit), BASE_DIR.as_posix(), dest)
     digest, files = tree_digest(dest)
     if digest != expected["sha256"]:
         wrong = sorted(n for n in {*files, *expected["files"]} if files.get(n) != expected["files"].get(n))

@@ -28,7 +28,10 @@ class GateFailed(TuneLedgerError):
     def __init__(self, version: str, stage: str, checks: list[Check]):
         self.checks = checks
         failed = [c for c in checks if not c.ok]
-        lines = [f"gate refused {version} for {stage}: {len(failed)} check(s) failed (--force --reason to override)"]
+        lines = [
+            f"gate refused {version} for {stage}: {len(failed)} check(s) failed "
+            "(--force --reason to override)"
+        ]
         lines += [f"  {c.name}: {c.detail}" for c in failed]
         super().__init__("\n".join(lines))
 
@@ -41,8 +44,13 @@ def check_health(candidate: Path, holder: Path | None, limits: RegistryParams) -
         if drift is None:
             checks.append(Check("drift", True, "no layer in common with the current version; not compared"))
         else:
-            checks.append(Check("drift", drift <= limits.max_norm_drift,
-                                f"largest update-norm change {drift:.1%} ({layer}); limit {limits.max_norm_drift:.0%}"))
+            checks.append(
+                Check(
+                    "drift",
+                    drift <= limits.max_norm_drift,
+                    f"largest update-norm change {drift:.1%} ({layer}); limit {limits.max_norm_drift:.0%}",
+                )
+            )
     return checks
 
 
@@ -54,11 +62,17 @@ def check_metrics(candidate: dict, holder: dict | None, limits: RegistryParams) 
     for metric, lower_better in LOWER_IS_BETTER.items():
         if new.get(metric) is None or old.get(metric) is None:
             continue
-        allowed = old[metric] * (1 + limits.tolerance) if lower_better else old[metric] * (1 - limits.tolerance)
+        allowed = (
+            old[metric] * (1 + limits.tolerance) if lower_better else old[metric] * (1 - limits.tolerance)
+        )
         if (new[metric] > allowed) if lower_better else (new[metric] < allowed):
             worse.append(f"{metric} {new[metric]:.4g} vs {old[metric]:.4g}")
     summary = ", ".join(f"{m} {new.get(m)}" for m in LOWER_IS_BETTER if new.get(m) is not None)
-    detail = f"worse than the current version beyond {limits.tolerance:.0%}: {'; '.join(worse)}" if worse else summary
+    detail = (
+        f"worse than the current version beyond {limits.tolerance:.0%}: {'; '.join(worse)}"
+        if worse
+        else summary
+    )
     return Check("metrics", not worse, detail)
 
 
@@ -68,19 +82,30 @@ def check_signature(candidate: Path, holder: Path | None) -> Check:
     problems = signature_format.incompatibilities(
         signature_format.read(holder / "signature.json"), signature_format.read(candidate / "signature.json")
     )
-    return Check("signature", not problems, "; ".join(problems) or "accepts every request the current version accepts")
+    return Check(
+        "signature", not problems, "; ".join(problems) or "accepts every request the current version accepts"
+    )
 
 
 def check_lineage(resolved: Resolved) -> Check:
     missing = missing_on_remote(resolved.commit, targets=None)
     if missing:
         shown = ", ".join(missing[:3]) + (" …" if len(missing) > 3 else "")
-        return Check("lineage", False, f"{len(missing)} output object(s) of {resolved.commit[:12]} not on the remote: {shown}")
+        return Check(
+            "lineage",
+            False,
+            f"{len(missing)} output object(s) of {resolved.commit[:12]} not on the remote: {shown}",
+        )
     return Check("lineage", True, f"manifest committed at {resolved.commit[:12]}; all outputs on the remote")
 
 
-def run_gate(candidate: Resolved, holder: Resolved | None, limits: RegistryParams, workdir: Path,
-             extra: list[Check] | None = None) -> list[Check]:
+def run_gate(
+    candidate: Resolved,
+    holder: Resolved | None,
+    limits: RegistryParams,
+    workdir: Path,
+    extra: list[Check] | None = None,
+) -> list[Check]:
     """Every check, failing or not (the caller decides, so a forced promotion can record them)."""
     cand_dir = download_verified(candidate, workdir / "candidate", GATE_FILES)
     hold_dir = download_verified(holder, workdir / "holder", GATE_FILES) if holder else None

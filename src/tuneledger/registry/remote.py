@@ -43,7 +43,9 @@ def open_repo(root: str = "."):
     try:
         return Repo(root)
     except NotDvcRepoError:
-        raise TuneLedgerError(f"{root}: not a DVC repository; run tuneledger from the repository root") from None
+        raise TuneLedgerError(
+            f"{root}: not a DVC repository; run tuneledger from the repository root"
+        ) from None
 
 
 def missing_on_remote(commit: str, targets: list[str], root: str = ".") -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
 from tuneledger.package import manifest as manifest_format
-from tuneledger.registry.fetch import Resolved, scratch_dir
+from tuneledger.registry.fetch import Resolved, download_verified, scratch_dir
 
 
 @dataclass
@@ -30,7 +30,9 @@ class Reproduction:
 def reproduce(resolved: Resolved, keep: bool = False) -> Reproduction:
     """`dvc repro` of the version's commit in a temporary git worktree sharing this cache."""
     with_dvc = git.run_git("rev-parse", "--show-toplevel")
-    cache = subprocess.run([sys.executable, "-m", "dvc", "cache", "dir"], capture_output=True, text=True, cwd=with_dvc)
+    cache = subprocess.run(
+        [sys.executable, "-m", "dvc", "cache", "dir"], capture_output=True, text=True, cwd=with_dvc
+    )
     worktree = scratch_dir() / "worktree"
     git.run_git("worktree", "add", "--detach", str(worktree), resolved.commit)
     try:
@@ -40,16 +42,37 @@ def reproduce(resolved: Resolved, keep: bool = False) -> Reproduction:
         if cache.returncode == 0 and cache.stdout.strip():
             _run(["dvc", "cache", "dir", "--local", cache.stdout.strip()], worktree)
         # The worktree's own code must run, not the installed one.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(worktree / "src"), os.environ.get("PYTHONPATH")]))}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(worktree / "src"), os.environ.get("PYTHONPATH")])
+            ),
+        }
         _run(["dvc", "repro"], worktree, env)
-        rebuilt = manifest_format.read(worktree / manifest_format.manifest_path_for(Path(resolved.path)))
+        package = worktree / resolved.path
+        rebuilt = manifest_format.read(manifest_format.manifest_path_for(package))
+        differing = _differing(resolved, package, rebuilt)
     finally:
         if not keep:
             git.run_git("worktree", "remove", "--force", str(worktree), check=False)
             shutil.rmtree(worktree.parent, ignore_errors=True)
-    defining = {n for n in {*resolved.manifest.files, *rebuilt.files} if n.split("/")[0] not in manifest_format.DESCRIPTIVE_FILES}
-    differing = sorted(n for n in defining if resolved.manifest.files.get(n) != rebuilt.files.get(n))
     return Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id, differing)
+
+
+def _differing(resolved: Resolved, rebuilt_package: Path, rebuilt: manifest_format.Manifest) -> list[str]:
+    """Model-defining files whose identity changed (a safetensors header stamp alone does not count)."""
+    if rebuilt.content_id == resolved.manifest.content_id:
+        return []
+    original_names = manifest_format.defining_files(list(resolved.manifest.files))
+    workdir = scratch_dir()
+    try:
+        original = manifest_format.identities(
+            download_verified(resolved, workdir, original_names), original_names
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    new = manifest_format.identities(rebuilt_package, list(rebuilt.files))
+    return sorted(n for n in {*original, *new} if original.get(n) != new.get(n))
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> None:

@@ -10,13 +10,14 @@ import json
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.secrets import redact
 
 STAGES = ("dev", "staging", "prod")
+FIRST_VERSION = "v1.0.0"
 INFO_PREFIX = "tuneledger: "
 _TAG_NUMBER = re.compile(r"#(\d+)$")
 
@@ -120,15 +121,23 @@ def wait_for_next_second(name: str, repo: str = ".") -> None:
 def register(name: str, commit: str, version: str | None, bump: str, message: str, repo: str = ".") -> str:
     from gto import api
 
+    if version is None and not registered_versions(name, repo):
+        version = FIRST_VERSION  # gto cannot bump from nothing
     wait_for_next_second(name, repo)
     try:
-        event = api.register(repo, name, commit, version=version, message=message,
-                             bump_major=bump == "major" and not version,
-                             bump_minor=bump == "minor" and not version,
-                             bump_patch=bump == "patch" and not version)
+        event = api.register(
+            repo,
+            name,
+            commit,
+            version=version,
+            message=message,
+            bump_major=bump == "major" and not version,
+            bump_minor=bump == "minor" and not version,
+            bump_patch=bump == "patch" and not version,
+        )
     except Exception as exc:  # VersionExistsForCommit, VersionAlreadyRegistered, WrongArgs, git errors
         raise TuneLedgerError(f"register {name}: {exc}") from None
-    return event.version.version
+    return event.version if isinstance(event.version, str) else event.version.version
 
 
 def assign(name: str, version: str, stage: str, message: str, force: bool, repo: str = ".") -> str:
