@@ -132,3 +132,27 @@ def commit_all(repo: Path, message: str) -> str:
     run("git", "add", "-A", cwd=repo)
     run("git", "commit", "-q", "-m", message, cwd=repo)
     return run("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def registry(default_run, s3, tmp_path_factory):
+    """v1.0.0 (r=8) and v1.1.0 (r=4) registered and promoted to prod, then prod rolled back."""
+    repo = copy_repo(default_run, tmp_path_factory.mktemp("registry") / "repo")
+    use_remote(repo, s3, "registry")
+    log = {}
+    commit_all(repo, "default run")
+    log["register_v1"] = run("tuneledger", "register", "--push", cwd=repo).stdout
+    log["promote_v1"] = run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo).stdout
+    run("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
+    commit_all(repo, "rank 4")
+    log["register_v2"] = run("tuneledger", "register", "--push", cwd=repo).stdout
+    log["promote_v2"] = run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo).stdout
+    log["rollback"] = run(
+        "tuneledger", "rollback", "--stage", "prod", "--reason", "wrong answers", cwd=repo
+    ).stdout
+    return repo, log
+
+
+@pytest.fixture
+def registry_copy(registry, tmp_path):
+    return copy_repo(registry[0], tmp_path / "repo")

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import commit_all, copy_repo, read_json, run, set_params, use_remote
+from conftest import commit_all, read_json, run, set_params, use_remote
 from tuneledger.hashing import sha256_file
 from tuneledger.s3local import configure_remote, free_port
 
@@ -25,30 +25,6 @@ def assert_package_is(directory, manifest):
     assert names == sorted(manifest["files"])
     for name, entry in manifest["files"].items():
         assert sha256_file(directory / name) == entry["sha256"], name
-
-
-@pytest.fixture(scope="module")
-def registry(default_run, s3, tmp_path_factory):
-    """v1.0.0 (r=8) and v1.1.0 (r=4) registered and promoted to prod, then prod rolled back."""
-    repo = copy_repo(default_run, tmp_path_factory.mktemp("registry") / "repo")
-    use_remote(repo, s3, "registry")
-    log = {}
-    commit_all(repo, "default run")
-    log["register_v1"] = run("tuneledger", "register", "--push", cwd=repo).stdout
-    log["promote_v1"] = run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo).stdout
-    run("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
-    commit_all(repo, "rank 4")
-    log["register_v2"] = run("tuneledger", "register", "--push", cwd=repo).stdout
-    log["promote_v2"] = run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo).stdout
-    log["rollback"] = run(
-        "tuneledger", "rollback", "--stage", "prod", "--reason", "wrong answers", cwd=repo
-    ).stdout
-    return repo, log
-
-
-@pytest.fixture
-def registry_copy(registry, tmp_path):
-    return copy_repo(registry[0], tmp_path / "repo")
 
 
 def test_register_tags_versions_with_their_content_id(registry):
@@ -319,3 +295,24 @@ def test_reproduce_rebuilds_a_version_to_the_same_content_id(registry_copy):
     assert result["identical"] and result["differing"] == []
     assert result["rebuilt"] == manifest_at(registry_copy, f"{NAME}@v1.0.0")["content_id"]
     assert run("git", "worktree", "list", cwd=registry_copy).stdout.count("\n") == 1
+
+
+def test_secrets_never_reach_registry_tags(registry_copy):
+    secret = "hf_veryprivatetoken_1234567890"
+    env = {"HF_TOKEN": secret, "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"}
+    done = run(
+        "tuneledger",
+        "promote",
+        "v1.1.0",
+        "--stage",
+        "staging",
+        "--reason",
+        f"pasted {secret} by mistake",
+        cwd=registry_copy,
+        env=env,
+    )
+    tags = run("git", "tag", "-l", "--format=%(refname) %(contents)", cwd=registry_copy).stdout
+    history = run("tuneledger", "history", "--json", cwd=registry_copy, env=env).stdout
+    for text in (tags, history, done.stdout + done.stderr):
+        assert secret not in text and "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY" not in text
+    assert "pasted *** by mistake" in tags

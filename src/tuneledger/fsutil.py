@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tuneledger.errors import TuneLedgerError
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -28,15 +33,31 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 @contextlib.contextmanager
+def disk_space_errors(where: Path, what: str) -> Iterator[None]:
+    """A full disk (or quota, or file size limit) becomes one line saying where and what filled."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        free = shutil.disk_usage(where).free if where.exists() else 0
+        raise TuneLedgerError(
+            f"{where}: no space left while writing {what} ({exc.strerror}; {free} bytes free there); "
+            "free some space and rerun — outputs published before are intact"
+        ) from None
+
+
+@contextlib.contextmanager
 def staging_dir(target: str | Path) -> Iterator[Path]:
     """Yield an empty sibling directory of `target`; it is removed unless published."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with disk_space_errors(target.parent, f"the new {target}"):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish_dir(staged: str | Path, target: str | Path) -> None:

@@ -1,0 +1,39 @@
+"""Helpers for side-by-side measurements: alternate the contenders, report median and spread."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Run every contender once per round, in alternating order, so drift hits all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            times[name].append(timed(contenders[name]))
+    return times
+
+
+def summary(samples: list[float]) -> str:
+    """`median (min–max)` in seconds."""
+    return f"{statistics.median(samples):.3f} s ({min(samples):.3f}–{max(samples):.3f})"
+
+
+def ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median of per-round ratios, with their min and max."""
+    per_round = [n / d for n, d in zip(numerator, denominator, strict=True)]
+    return statistics.median(per_round), min(per_round), max(per_round)
+
+
+def sh(*cmd: str, cwd=None, env=None) -> str:
+    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
