@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import read_json, run, use_remote
 from faultproxy import FlakyProxy
-
 from tuneledger import load
 from tuneledger.checkpoints import SEAL
 from tuneledger.hashing import sha256_file
@@ -125,9 +125,15 @@ def test_a_corrupted_object_in_the_local_cache_is_caught_before_loading(registry
     failed = run("tuneledger", "fetch", "--version", "v1.1.0", "-o", "deploy", cwd=registry_copy, check=False)
     assert failed.returncode == 1 and "deploy/adapter_model.safetensors: sha256 mismatch" in failed.stderr
     assert not (registry_copy / "deploy").exists()
-    run("dvc", "checkout", "--force", "models/export", cwd=registry_copy)
+    shutil.rmtree(registry_copy / "models/export")
+    run("dvc", "checkout", "models/export", cwd=registry_copy, check=False)  # copies the corrupted object
+    assert (registry_copy / "models/export/adapter_model.safetensors").read_bytes() == bytes(data)
     with pytest.raises(VerificationFailed, match="adapter_model.safetensors: sha256 mismatch"):
         load(registry_copy / "models/export")
+    failed = run("tuneledger", "verify", cwd=registry_copy, check=False)
+    assert (
+        failed.returncode == 1 and "models/export/adapter_model.safetensors: sha256 mismatch" in failed.stderr
+    )
 
 
 def test_two_registers_at_once_register_one_version(registry_copy):

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import PROJECT, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PROJECT, run
 from tuneledger.errors import TuneLedgerError
 from tuneledger.package import manifest
 from tuneledger.package.safetensors_io import read_header, tensor_digest
@@ -60,7 +60,9 @@ def test_any_document_shape_is_refused_cleanly(document):
 
 def rss_after(code: str) -> tuple[int, str]:
     """Peak RSS (MiB) of a fresh interpreter that runs `code`, and what it printed."""
-    probe = f"import resource\n{code}\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    # VmHWM is this process's own peak; ru_maxrss would include the forking test runner's.
+    peak = "print(next(int(l.split()[1]) for l in open('/proc/self/status') if 'VmHWM' in l) // 1024)"
+    probe = f"{code}\n{peak}"
     done = run(sys.executable, "-c", probe, cwd=PROJECT, check=False)
     lines = done.stdout.strip().splitlines()
     return int(lines[-1]), "\n".join(lines[:-1]) + done.stderr

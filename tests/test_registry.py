@@ -7,8 +7,6 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
 from conftest import commit_all, read_json, run, set_params, use_remote
 from tuneledger.hashing import sha256_file
 from tuneledger.s3local import configure_remote, free_port
