@@ -25,7 +25,8 @@ def machine() -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return (
         f"{cpu_name()}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+        f"{platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
