@@ -135,15 +135,30 @@ def commit_all(repo: Path, message: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def registry(default_run, s3, tmp_path_factory):
-    """v1.0.0 (r=8) and v1.1.0 (r=4) registered and promoted to prod, then prod rolled back."""
-    repo = copy_repo(default_run, tmp_path_factory.mktemp("registry") / "repo")
+def variant(default_run, tmp_path_factory):
+    """The default run committed, then `dvc exp run -S lora.r=4` applied to its workspace."""
+    repo = copy_repo(default_run, tmp_path_factory.mktemp("variant") / "repo")
+    commit_all(repo, "default run")
+    done = run("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
+    return repo, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="session")
+def registry(variant, s3, tmp_path_factory):
+    """v1.0.0 (r=8) and v1.1.0 (r=4) registered and promoted to prod, then prod rolled back.
+
+    Built from the variant repository, so no model is trained twice: the rank-4 workspace is set
+    aside (git stash) while v1.0.0 is registered from the committed default, then restored.
+    """
+    repo = copy_repo(variant[0], tmp_path_factory.mktemp("registry") / "repo")
     use_remote(repo, s3, "registry")
     log = {}
-    commit_all(repo, "default run")
+    run("git", "stash", "-q", cwd=repo)
+    run("dvc", "checkout", "--force", cwd=repo)
     log["register_v1"] = run("tuneledger", "register", "--push", cwd=repo).stdout
     log["promote_v1"] = run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo).stdout
-    run("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
+    run("git", "stash", "pop", "-q", cwd=repo)
+    run("dvc", "checkout", "--force", cwd=repo)
     commit_all(repo, "rank 4")
     log["register_v2"] = run("tuneledger", "register", "--push", cwd=repo).stdout
     log["promote_v2"] = run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo).stdout

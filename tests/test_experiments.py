@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from conftest import copy_repo, read_json, run
+from conftest import read_json, run
 from tuneledger.checkpoints import SEAL
 from tuneledger.package.safetensors_io import tensor_shapes
-
-
-@pytest.fixture(scope="module")
-def variant(default_run, tmp_path_factory):
-    """The default run committed, then a rank-4 experiment applied to its workspace."""
-    repo = copy_repo(default_run, tmp_path_factory.mktemp("variant") / "repo")
-    run("git", "add", "-A", cwd=repo)
-    run("git", "commit", "-q", "-m", "default run", cwd=repo)
-    done = run("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
-    return repo, done.stdout + done.stderr
 
 
 def test_variant_weights_have_rank_4(variant):
