@@ -150,11 +150,20 @@ def promote(
         bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")
     ] = False,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
+    require_shadow_agreement: Annotated[
+        float | None, typer.Option(help="Also require this exact agreement of VERSION as a shadow (0–1).")
+    ] = None,
+    db: Annotated[Path | None, typer.Option(help="Serving log holding the shadow pairs.")] = None,
 ) -> None:
     """Run the gate, then point STAGE at VERSION."""
     from tuneledger.registry import api
 
-    result = api.promote(version, stage, name=name, force=force, reason=reason)
+    extra = []
+    if require_shadow_agreement is not None:
+        from tuneledger.serve.gate import shadow_check
+
+        extra.append(shadow_check(version, require_shadow_agreement, db))
+    result = api.promote(version, stage, name=name, force=force, reason=reason, extra_checks=extra)
     _table(
         f"gate for {name} {version} → {stage}",
         [
@@ -208,11 +217,22 @@ def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: Js
 
 @app.command()
 @friendly_errors
-def history(name: Annotated[str | None, typer.Option("--name")] = None, as_json: JsonOption = False) -> None:
+def history(
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="Also show when `serve` swapped versions (default log if present).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """Who registered, promoted and rolled back what, when and why (newest first)."""
     from tuneledger.registry import api
+    from tuneledger.serve import log
 
     rows = api.history(name)
+    db = db or (log.DEFAULT_DB if log.DEFAULT_DB.is_file() else None)
+    if db is not None:
+        served = [e for e in log.serving_events(db) if name is None or e["artifact"] == name]
+        rows = sorted(rows + served, key=lambda r: r["time"], reverse=True)
     if as_json:
         _print_json(rows)
         return
@@ -266,3 +286,55 @@ def reproduce(
             out.print(f"  {path}")
     if not result.identical:
         raise typer.Exit(1)
+
+
+# --- serving --------------------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def serve(
+    stage: Annotated[str, typer.Option(help="Stage whose version answers.")] = "prod",
+    shadow: Annotated[str | None, typer.Option(help="Stage whose version shadows every request.")] = None,
+    name: NameOption = "lora-adapter",
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Where fetched versions are kept.")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 64 * 1024,
+    shadow_queue: Annotated[int, typer.Option(help="Pending shadow requests before drops.")] = 64,
+) -> None:
+    """Serve STAGE's verified version over HTTP; POST /admin/reload or SIGHUP picks up a new one."""
+    from tuneledger.serve import log
+    from tuneledger.serve.app import serve as run_server
+    from tuneledger.serve.deployment import DEFAULT_CACHE
+
+    run_server(
+        name,
+        stage,
+        shadow,
+        host,
+        port,
+        db or log.DEFAULT_DB,
+        cache or DEFAULT_CACHE,
+        max_body=max_body_bytes,
+        shadow_queue=shadow_queue,
+    )
+
+
+@app.command("shadow-report")
+@friendly_errors
+def shadow_report(
+    db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
+    version: Annotated[str | None, typer.Option(help="Only pairs of this shadow version.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Agreement of the shadow with prod, latency of both sides, errors and drops."""
+    from tuneledger.serve import log
+
+    report = log.shadow_report(db or log.DEFAULT_DB, version)
+    if as_json:
+        _print_json(report)
+        return
+    rows = [{"measure": k, "value": v} for k, v in report.items() if not isinstance(v, dict)]
+    for side in ("prod_latency_ms", "shadow_latency_ms"):
+        rows += [{"measure": f"{side} {q}", "value": v} for q, v in report[side].items()]
+    _table("shadow report", rows, ["measure", "value"])

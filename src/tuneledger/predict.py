@@ -34,8 +34,10 @@ class Predictor:
         signature_format.check_prompt_tokens(self.signature, len(self.tokenizer(prompt)["input_ids"]))
         return resolved
 
+    def generate(self, prompt: str, resolved: dict[str, Any]) -> str:
+        """Generation for a request that already passed `check`."""
+        new_tokens, temperature = resolved["max_new_tokens"], resolved["temperature"]
+        return generate(self.model, self.tokenizer, [prompt], new_tokens, temperature)[0]
+
     def predict(self, prompt: Any, params: dict[str, Any] | None = None) -> str:
-        resolved = self.check(prompt, params or {})
-        return generate(
-            self.model, self.tokenizer, [prompt], resolved["max_new_tokens"], resolved["temperature"]
-        )[0]
+        return self.generate(prompt, self.check(prompt, params or {}))

@@ -1,0 +1,1 @@
+"""Serving the registry's prod version over HTTP, with an optional shadow candidate."""
