@@ -84,6 +84,30 @@ def linear_module_names(model) -> list[str]:
     return sorted(names - {"lm_head"})
 
 
+def resolve_lora_targets(model, requested: list[str] | str) -> list[str]:
+    """The layer names to adapt: as given (each must exist), or for "auto" the attention
+    projections peft lists for this architecture."""
+    available = linear_module_names(model)
+    if requested == "auto":
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
+
+        model_type = model.config.model_type
+        targets = [t for t in KNOWN.get(model_type, []) if t in available]
+        if not targets:
+            raise TuneLedgerError(
+                f"params.yaml: lora.target_modules: auto knows no attention layers for model type "
+                f"{model_type!r}; list them (the model has {', '.join(available)})"
+            )
+        return targets
+    missing = [t for t in requested if t not in available]
+    if missing:
+        raise TuneLedgerError(
+            f"params.yaml: lora.target_modules: {missing} not in the base model "
+            f"(it has {', '.join(available)})"
+        )
+    return list(requested)
+
+
 def targets_conv1d(model, targets: list[str]) -> bool:
     """GPT-2 style Conv1D layers store weights transposed; LoRA must know (`fan_in_fan_out`)."""
     from transformers.pytorch_utils import Conv1D

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -42,7 +42,10 @@ class LoraParams(_Group):
     r: Annotated[int, Field(ge=1, le=1024)] = 8
     alpha: Annotated[float, Field(gt=0, le=4096)] = 16
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    target_modules: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["c_attn"]
+    # Layer names to adapt, or "auto": the attention projections peft knows for the architecture.
+    target_modules: (
+        Literal["auto"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    ) = ["c_attn"]
 
 
 class TrainParams(_Group):
@@ -58,6 +61,9 @@ class TrainParams(_Group):
     # CPU float results depend on how many threads split each reduction: pinning the count makes
     # a CPU run byte-identical on any machine (single-process runs; DDP keeps its launcher's).
     cpu_threads: Annotated[int, Field(ge=1, le=512)] = 2
+    # The command that runs the stage module: "python", "torchrun --nproc_per_node 2",
+    # "accelerate launch --config_file configs/accelerate/multi_gpu_bf16.yaml", ...
+    launcher: Annotated[str, Field(min_length=1)] = "python"
 
 
 class EvalParams(_Group):

@@ -62,7 +62,7 @@ A LoRA adapter for `{meta["base_model"]["id"]}`, built and versioned by TuneLedg
 ## How it was trained
 
 trl `SFTTrainer` with a peft LoRA adapter: r={lora["r"]}, alpha={lora["alpha"]},
-dropout={lora["dropout"]}, target modules {", ".join(lora["target_modules"])}. {train["epochs"]} epochs,
+dropout={lora["dropout"]}, target modules {", ".join(meta["adapter"]["target_modules_from_weights"])}. {train["epochs"]} epochs,
 {train["steps"]} steps, learning rate {p["train"]["lr"]}, batch size {p["train"]["batch_size"]},
 seed {p["seed"]}; final training loss {train["final_loss"]} in {train["runtime_s"]:.1f} s.
 Data: `{p["data"]["source"]}` ({splits}). The full parameters, data and base model hashes and

@@ -22,7 +22,6 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from tuneledger import checkpoints, data, modeling
-from tuneledger.errors import TuneLedgerError
 from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
@@ -38,6 +37,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """Processes in this run, as torchrun and accelerate announce them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def config_id(params: Params) -> str:
     """Everything that decides the trained weights; a checkpoint is only resumed by the same id."""
     inputs = {
@@ -46,24 +50,19 @@ def config_id(params: Params) -> str:
         "train": params.group("train"),
         "data": tree_digest(PREPARED_DIR)[0],
         "base": tree_digest(BASE_DIR)[0],
+        "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
     }
     return sha256_bytes(canonical_json(inputs))
 
 
 def _lora_config(params: Params, model) -> LoraConfig:
-    available = modeling.linear_module_names(model)
-    missing = [t for t in params.lora.target_modules if t not in available]
-    if missing:
-        raise TuneLedgerError(
-            f"params.yaml: lora.target_modules: {missing} not in the base model "
-            f"(it has {', '.join(available)})"
-        )
+    targets = modeling.resolve_lora_targets(model, params.lora.target_modules)
     return LoraConfig(
         r=params.lora.r,
         lora_alpha=params.lora.alpha,
         lora_dropout=params.lora.dropout,
-        target_modules=list(params.lora.target_modules),
-        fan_in_fan_out=modeling.targets_conv1d(model, params.lora.target_modules),
+        target_modules=targets,
+        fan_in_fan_out=modeling.targets_conv1d(model, targets),
         task_type="CAUSAL_LM",
     )
 
@@ -176,10 +175,10 @@ def run(params: Params) -> dict:
     resume, removed = checkpoints.select_resumable(CHECKPOINTS_DIR, config, remove=main)
     if main and removed:
         say(f"ignoring {len(removed)} checkpoint(s) of another configuration or incomplete: removed")
-    if resume:
+    if main and resume:
         say(f"resuming from {resume}")
 
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if world_size() == 1:
         modeling.pin_cpu_threads(params.train.cpu_threads)
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_base(BASE_DIR, device="cpu")
@@ -201,7 +200,8 @@ def run(params: Params) -> dict:
     )
     trainer.remove_callback(PrinterCallback)
     world = trainer.args.world_size
-    say(f"training LoRA r={params.lora.r} on {len(train_rows)} rows, world size {world}")
+    if main:
+        say(f"training LoRA r={params.lora.r} on {len(train_rows)} rows, world size {world}")
     started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     summary = {

@@ -1,0 +1,124 @@
+"""The scale path: real DDP through the train stage's launcher, parallel sweeps, other architectures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import copy_repo, read_json, run, set_params
+from tuneledger.package.safetensors_io import tensor_shapes
+
+
+def lora_targets(adapter) -> set[str]:
+    return {
+        name.split(".lora_A")[0].rsplit(".", 1)[-1] for name in tensor_shapes(adapter) if ".lora_A." in name
+    }
+
+
+def test_ddp_with_two_cpu_processes_through_dvc_exp_run(trained_repo):
+    """`-S train.launcher=...` runs the unchanged stage under torchrun: world size 2, gloo."""
+    single = read_json(trained_repo / "results/train/metrics.json")["eval"]["loss"]
+    done = run("dvc", "exp", "run", "-S", "train.launcher=torchrun --nproc_per_node 2", cwd=trained_repo)
+    log = done.stdout + done.stderr
+    assert log.count("world size 2") == 1  # rank 0 alone reports and writes
+    summary = read_json(trained_repo / "results/train/summary.json")
+    assert summary["world_size"] == 2 and summary["steps"] == 180  # global batch 32: half the steps
+    ddp = read_json(trained_repo / "results/train/metrics.json")["eval"]["loss"]
+    assert abs(ddp - single) < 0.05, (ddp, single)
+    assert lora_targets(trained_repo / "models/adapter/adapter_model.safetensors") == {"c_attn"}
+    tuned = read_json(trained_repo / "results/evaluate/metrics.json")["tuned"]
+    assert tuned["exact_match"] >= 0.9
+    assert "ok:" in run("tuneledger", "verify", cwd=trained_repo).stdout
+    assert not list((trained_repo / "results").glob("train.partial*"))
+
+
+def test_a_two_variant_queue_runs_in_parallel(variant, tmp_path):
+    repo = copy_repo(variant[0], tmp_path / "repo")
+    run("git", "stash", "-q", cwd=repo)  # back to the committed default, outputs from the cache
+    run("dvc", "checkout", "--force", cwd=repo)
+    run("dvc", "exp", "run", "--queue", "-S", "lora.r=2,16", "-S", "train.epochs=2", cwd=repo)
+    subprocess.run(
+        ["dvc", "queue", "start", "-j", "2"],
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=True,
+    )
+    deadline = time.monotonic() + 900
+    status = ""
+    while time.monotonic() < deadline:
+        status = run("dvc", "queue", "status", cwd=repo).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    rows = json.loads(run("dvc", "exp", "show", "--json", cwd=repo).stdout)
+    baseline = next(row for row in rows if row["rev"] != "workspace")
+    runs = [rev for exp in baseline["experiments"] or [] for rev in exp["revs"]]
+    ranks = {r["data"]["params"]["params.yaml"]["data"]["lora"]["r"]: r for r in runs}
+    assert {2, 16} <= set(ranks)
+    for r in (2, 16):
+        metrics = ranks[r]["data"]["metrics"]["results/evaluate/metrics.json"]["data"]
+        assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+
+
+@pytest.fixture
+def tiny_llama(default_run, tmp_path):
+    """A LLaMA-architecture model with random weights, saved like any Hugging Face model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM, set_seed
+
+    tokenizer_config = read_json(default_run / "models/base/config.json")
+    set_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer_config["vocab_size"],
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    target = tmp_path / "tiny-llama"
+    LlamaForCausalLM(config).save_pretrained(target)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(default_run / "models/base" / name, target / name)
+    return target
+
+
+def test_a_llama_style_base_with_auto_targets(project_copy, tiny_llama):
+    set_params(
+        project_copy,
+        **{
+            "model.base": str(tiny_llama),
+            "lora.target_modules": "auto",
+            "data.builtin_rows": 200,
+            "train.epochs": 1,
+        },
+    )
+    run("dvc", "repro", cwd=project_copy)
+    assert lora_targets(project_copy / "models/adapter/adapter_model.safetensors") == {"q_proj", "v_proj"}
+    meta = read_json(project_copy / "models/export/metadata.json")
+    assert meta["adapter"]["target_modules_from_weights"] == ["q_proj", "v_proj"]
+    assert meta["base_model"]["kind"] == "local"
+    assert read_json(project_copy / "models/export/signature.json")["inputs"]["prompt"]["max_tokens"] == 96
+    assert "ok:" in run("tuneledger", "verify", cwd=project_copy).stdout
+
+
+def test_unknown_targets_name_what_the_model_has(project_copy, tiny_llama):
+    set_params(
+        project_copy,
+        **{"model.base": str(tiny_llama), "lora.target_modules": ["c_attn"], "data.builtin_rows": 50},
+    )
+    failed = run("dvc", "repro", cwd=project_copy, check=False)
+    assert failed.returncode != 0
+    assert (
+        "lora.target_modules: ['c_attn'] not in the base model (it has down_proj, gate_proj, k_proj"
+        in failed.stderr
+    )
