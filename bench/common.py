@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -14,13 +15,20 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Run every contender once per round, in alternating order, so drift hits all of them alike."""
+def interleaved(
+    contenders: dict[str, Callable[[], object]], rounds: int, between: Callable[[], object] | None = None
+) -> dict[str, list[float]]:
+    """Run every contender once per round, in alternating order, so drift hits all of them alike.
+
+    `between` (untimed) restores the starting state after each run.
+    """
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else reversed(names):
             times[name].append(timed(contenders[name]))
+            if between:
+                between()
     return times
 
 
@@ -37,3 +45,27 @@ def ratio(numerator: list[float], denominator: list[float]) -> tuple[float, floa
 
 def sh(*cmd: str, cwd=None, env=None) -> str:
     return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+HERE_BENCH = Path(__file__).resolve().parent
+PROJECT = HERE_BENCH.parent
+
+
+def clone_template(dest: Path) -> Path:
+    """A fresh clone of the committed template, as a user would start."""
+    sh("git", "clone", "-q", str(PROJECT), str(dest))
+    return dest
+
+
+def set_param(repo: Path, dotted: str, value) -> None:
+    import yaml
+
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    group, key = dotted.split(".")
+    params[group][key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

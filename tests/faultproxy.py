@@ -35,6 +35,9 @@ class FlakyProxy:
             server = socket.create_connection(self.upstream)
             with self.lock:
                 self.sockets += [client, server]
+            if self.dead.is_set():  # cut while this connection was being set up
+                self.cut()
+                return
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
 
@@ -62,8 +65,9 @@ class FlakyProxy:
             self.listener.close()
         with self.lock:
             for sock in self.sockets:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                # shutdown reaches the peer at once; a bare close would wait for the thread blocked
+                # in recv() on this socket, leaving the client hanging on a silent connection.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
                     sock.close()
-                except OSError:
-                    pass

@@ -58,7 +58,7 @@ def test_kill_9_during_dvc_repro_train_resumes_byte_identical(trained_repo):
 
 def test_kill_9_during_export_never_leaves_a_half_package(trained_repo):
     before = read_json(trained_repo / "models/export.manifest.json")
-    for delay in (0.5, 1.5, 2.5, 3.0, 3.5, 4.0, 4.5):
+    for delay in (1.0, 2.0, 3.0, 3.5, 4.5):
         proc = start(["python", "-m", "tuneledger.stages.export"], trained_repo)
         time.sleep(delay)
         if proc.poll() is None:
@@ -76,7 +76,7 @@ def test_s3_dying_during_push_then_a_rerun_completes(trained_repo, s3):
     use_remote(trained_repo, s3, "flaky-push")
     proxy = FlakyProxy(s3.port, cut_after=300_000)
     run("dvc", "remote", "modify", "--local", "storage", "endpointurl", proxy.endpoint, cwd=trained_repo)
-    failed = run("dvc", "push", cwd=trained_repo, check=False, env={"AWS_MAX_ATTEMPTS": "1"})
+    failed = run("dvc", "push", cwd=trained_repo, check=False, env={"AWS_MAX_ATTEMPTS": "1"}, timeout=300)
     assert failed.returncode != 0 and proxy.dead.is_set()
     run("dvc", "remote", "modify", "--local", "storage", "endpointurl", s3.endpoint, cwd=trained_repo)
     run("dvc", "push", cwd=trained_repo)

@@ -35,8 +35,21 @@ def test_the_template_params_are_valid():
         ("lora.r", 8.5, "lora.r: Input should be a valid integer"),
         ("lora.r", True, "lora.r: Input should be a valid integer (got True)"),
         ("lora.dropout", 1.0, "lora.dropout: Input should be less than 1"),
-        ("lora.target_modules", [], "lora.target_modules: List should have at least 1 item"),
-        ("lora.target_modules", "c_attn", "lora.target_modules: Input should be a valid list"),
+        (
+            "lora.target_modules",
+            [],
+            "lora.target_modules: must be a non-empty list of layer names, or 'auto'",
+        ),
+        (
+            "lora.target_modules",
+            "c_attn",
+            "lora.target_modules: must be a non-empty list of layer names, or 'auto'",
+        ),
+        (
+            "lora.target_modules",
+            ["c_attn", 3],
+            "lora.target_modules: must be a non-empty list of layer names",
+        ),
         ("train.lr", -0.1, "train.lr: Input should be greater than 0"),
         ("train.epochs", None, "train.epochs: Input should be a valid integer (got None)"),
         ("train.batch_size", 0, "train.batch_size: Input should be greater than or equal to 1"),

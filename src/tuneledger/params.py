@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
 from tuneledger.errors import TuneLedgerError
 
@@ -38,14 +38,20 @@ class DataParams(_Group):
         return self
 
 
+def _layer_names_or_auto(value: Any) -> list[str] | str:
+    if value == "auto":
+        return value
+    if isinstance(value, list) and value and all(isinstance(name, str) and name for name in value):
+        return value
+    raise ValueError("must be a non-empty list of layer names, or 'auto'")
+
+
 class LoraParams(_Group):
     r: Annotated[int, Field(ge=1, le=1024)] = 8
     alpha: Annotated[float, Field(gt=0, le=4096)] = 16
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     # Layer names to adapt, or "auto": the attention projections peft knows for the architecture.
-    target_modules: (
-        Literal["auto"] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
-    ) = ["c_attn"]
+    target_modules: Annotated[list[str] | str, PlainValidator(_layer_names_or_auto)] = ["c_attn"]
 
 
 class TrainParams(_Group):

@@ -50,6 +50,7 @@ def render(meta: dict) -> str:
     p, train, git = meta["params"], meta["training"], meta["git"]
     splits = ", ".join(f"{s} {v['rows']} rows" for s, v in meta["data"]["splits"].items())
     lora = p["lora"]
+    targets = ", ".join(meta["adapter"]["target_modules_from_weights"])  # what was adapted, even for "auto"
     body = f"""
 # LoRA adapter for `{meta["base_model"]["id"]}`
 
@@ -62,9 +63,9 @@ A LoRA adapter for `{meta["base_model"]["id"]}`, built and versioned by TuneLedg
 ## How it was trained
 
 trl `SFTTrainer` with a peft LoRA adapter: r={lora["r"]}, alpha={lora["alpha"]},
-dropout={lora["dropout"]}, target modules {", ".join(meta["adapter"]["target_modules_from_weights"])}. {train["epochs"]} epochs,
-{train["steps"]} steps, learning rate {p["train"]["lr"]}, batch size {p["train"]["batch_size"]},
-seed {p["seed"]}; final training loss {train["final_loss"]} in {train["runtime_s"]:.1f} s.
+dropout={lora["dropout"]}, target modules {targets}. {train["epochs"]} epochs, {train["steps"]} steps,
+learning rate {p["train"]["lr"]}, batch size {p["train"]["batch_size"]}, seed {p["seed"]};
+final training loss {train["final_loss"]} in {train["runtime_s"]:.1f} s.
 Data: `{p["data"]["source"]}` ({splits}). The full parameters, data and base model hashes and
 the environment are in `metadata.json`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import signal
 import threading
@@ -162,8 +163,15 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(server: Server, max_body: int = MAX_BODY_BYTES) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        server.close()  # uvicorn re-raises SIGTERM after shutdown, so a `finally` would never run
+
     app = FastAPI(
-        title="TuneLedger", description="Answers from the registry's version; every reply names it."
+        title="TuneLedger",
+        description="Answers from the registry's version; every reply names it.",
+        lifespan=lifespan,
     )
 
     @app.post("/generate")
@@ -224,7 +232,4 @@ def serve(
         f"serving {name} {stage} {server.current.version} ({server.current.content_id[:12]}){shadow_note} "
         f"on http://{host}:{port}; log {db_path}"
     )
-    try:
-        uvicorn.run(create_app(server, max_body), host=host, port=port, log_level="warning", access_log=False)
-    finally:
-        server.close()
+    uvicorn.run(create_app(server, max_body), host=host, port=port, log_level="warning", access_log=False)

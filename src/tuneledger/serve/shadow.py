@@ -43,7 +43,16 @@ def _worker(name: str, stage: str, cache: str, db_path: str, jobs, ready) -> Non
         return
     ready.put({"version": shadow.version, "content_id": shadow.content_id})
     db = log.connect(Path(db_path))
-    while (job := jobs.get()) is not None:
+    parent = os.getppid()
+    while True:
+        try:
+            job = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the server died without saying goodbye: do not linger
+                return
+            continue
+        if job is None:
+            return
         started, output, error = time.perf_counter(), None, None
         try:
             output = shadow.generate(job["prompt"], job["params"])
