@@ -16,20 +16,18 @@ def run(ctx: dict, rounds: int = 3) -> dict:
 
     def exp_run() -> None:
         sh("dvc", "exp", "run", "-S", "lora.r=4", cwd=repo)
-        reset()
 
     def repro() -> None:
         set_param(repo, "lora.r", 4)
         sh("dvc", "repro", cwd=repo)
-        reset()
 
-    times = interleaved({"dvc exp run": exp_run, "dvc repro": repro}, rounds)
+    times = interleaved({"dvc exp run": exp_run, "dvc repro": repro}, rounds, between=reset)
     median, low, high = ratio(times["dvc exp run"], times["dvc repro"])
     return {
         "title": "A variant: `dvc exp run` versus `dvc repro`",
         "rows": [
-            ("`dvc exp run -S lora.r=4` (+ reset)", summary(times["dvc exp run"]), "train, evaluate, export"),
-            ("edit params.yaml, `dvc repro` (+ reset)", summary(times["dvc repro"]), "the same stages"),
+            ("`dvc exp run -S lora.r=4`", summary(times["dvc exp run"]), "train, evaluate, export"),
+            ("edit params.yaml, `dvc repro`", summary(times["dvc repro"]), "the same stages"),
         ],
         "ratios": [("exp run / repro", median, low, high, "near 1")],
     }

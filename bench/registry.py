@@ -54,7 +54,7 @@ def run(ctx: dict, rounds: int = 5) -> dict:
         sh("gto", "assign", NAME, "--version", "v1.1.0", "--stage", "prod", "--force", cwd=repo)
 
     pointer = interleaved(
-        {"rollback": lambda: (tuneledger_rollback(), None), "gto assign": lambda: (gto_assign(), None)},
+        {"rollback": tuneledger_rollback, "gto assign": gto_assign},
         rounds,
         between=back_to_v2,
     )

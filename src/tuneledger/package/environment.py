@@ -36,6 +36,8 @@ def describe() -> dict:
 
     import torch
 
+    from tuneledger.modeling import cpu_kernels
+
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
         "python": platform.python_version(),
@@ -48,6 +50,7 @@ def describe() -> dict:
         "gpu": gpus or None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "cpu_kernels": cpu_kernels(),
         "packages": installed_packages(),
     }
 

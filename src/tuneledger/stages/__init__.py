@@ -6,8 +6,12 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneledger.errors import friendly_errors
+from tuneledger.modeling import use_portable_cpu_kernels
 from tuneledger.params import Params, load_params
 from tuneledger.progress import quiet_libraries
+
+# Before any stage imports torch: the same commit trains the same bytes on any x86-64 machine.
+use_portable_cpu_kernels()
 
 
 def stage_entry(run: Callable[[Params], Any]) -> Callable[[], None]:

@@ -51,6 +51,7 @@ def config_id(params: Params) -> str:
         "data": tree_digest(PREPARED_DIR)[0],
         "base": tree_digest(BASE_DIR)[0],
         "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
+        "cpu_kernels": modeling.cpu_kernels(),  # another kernel branch rounds differently
     }
     return sha256_bytes(canonical_json(inputs))
 
