@@ -18,7 +18,16 @@ sys.path.insert(0, str(HERE))
 from tuneledger.package.environment import cpu_name  # noqa: E402
 
 # In order: `pipeline` leaves a completed default run that the later sections build on.
-SECTIONS = ["pipeline", "noop", "experiments", "registry", "storage", "verify_throughput", "shadow"]
+SECTIONS = [
+    "pipeline",
+    "noop",
+    "experiments",
+    "registry",
+    "storage",
+    "verify_throughput",
+    "shadow",
+    "kernels",
+]
 
 
 def machine() -> str:

@@ -62,8 +62,8 @@ def _drain(url: str) -> None:
     """Wait until the shadow has answered everything queued, so rounds do not overlap."""
     with httpx.Client(timeout=10) as client:
         for _ in range(600):
-            if client.get(f"{url}/version").json()["shadow"]["alive"]:
-                time.sleep(0.5)
+            if not client.get(f"{url}/version").json()["shadow"]["queued"]:
+                time.sleep(0.2)  # the job it took last
                 return
             time.sleep(0.1)
 

@@ -88,7 +88,7 @@ class RegistryParams(_Group):
     # A candidate may be this much worse than the version it replaces (relative, per metric).
     tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     # Largest relative change of any layer's LoRA update norm versus the stage's current version.
-    max_norm_drift: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.5
+    max_norm_drift: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
 
 
 class Params(_Group):

@@ -140,8 +140,15 @@ class ShadowRunner:
             "content_id": self.content_id,
             "error": self.error,
             "alive": self.process.is_alive(),
+            "queued": self._queued(),
             "dropped": self.dropped,
         }
+
+    def _queued(self) -> int | None:
+        try:
+            return self.jobs.qsize()
+        except NotImplementedError:  # macOS has no sem_getvalue
+            return None
 
     def restart(self) -> None:
         self.stop()
