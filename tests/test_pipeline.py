@@ -39,6 +39,15 @@ def test_fresh_clone_reproduces_the_committed_bytes(default_run):
     )
 
 
+def test_stages_train_with_portable_cpu_kernels_and_record_them(default_run):
+    """The kernel branch decides the trained bits across machines, so it is pinned and recorded."""
+    from tuneledger.modeling import PORTABLE_CPU_KERNELS
+
+    kernels = read_json(default_run / "models/export/metadata.json")["environment"]["cpu_kernels"]
+    assert {name: kernels[name] for name in PORTABLE_CPU_KERNELS} == PORTABLE_CPU_KERNELS
+    assert kernels["aten_capability"] == "AVX2"
+
+
 def test_outputs_stay_out_of_git(default_run):
     ignored = run(
         "git",

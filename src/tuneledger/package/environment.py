@@ -1,6 +1,7 @@
 """The software and hardware a version was built with: enough to rebuild its environment.
 
-Only names and versions are recorded, never environment variables: they can hold credentials.
+Only names and versions are recorded, and of environment variables only the three that select CPU
+kernels (modeling.PORTABLE_CPU_KERNELS): any other can hold credentials.
 """
 
 from __future__ import annotations
