@@ -44,7 +44,10 @@ def ratio(numerator: list[float], denominator: list[float]) -> tuple[float, floa
 
 
 def sh(*cmd: str, cwd=None, env=None) -> str:
-    return subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} (in {cwd}) exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return done.stdout
 
 
 HERE_BENCH = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ def run(ctx: dict, rounds: int = 3) -> dict:
     sh("git", "commit", "-q", "-m", "default run", cwd=repo)
 
     def reset() -> None:  # back to the committed default; its checkpoints are another configuration
-        sh("git", "checkout", "-q", "--", ".", cwd=repo)
+        sh("git", "reset", "-q", "--hard", cwd=repo)  # also drops what autostage put in the index
         sh("dvc", "checkout", "--force", cwd=repo)
 
     def exp_run() -> None:
