@@ -4,6 +4,7 @@ and what a new LoRA version adds to the remote."""
 from __future__ import annotations
 
 import shutil
+import time
 
 from common import dir_bytes, interleaved, ratio, set_param, sh, summary
 
@@ -51,7 +52,10 @@ def run(ctx: dict, rounds: int = 5) -> dict:
         sh("gto", "assign", NAME, "--version", "v1.0.0", "--stage", "prod", "--force", cwd=repo)
 
     def back_to_v2() -> None:
+        # gto orders tags by their 1-second timestamps: keep each move in a second of its own.
+        time.sleep(1.1)
         sh("gto", "assign", NAME, "--version", "v1.1.0", "--stage", "prod", "--force", cwd=repo)
+        time.sleep(1.1)
 
     pointer = interleaved(
         {"rollback": tuneledger_rollback, "gto assign": gto_assign},
