@@ -24,8 +24,8 @@ def run(ctx: dict) -> dict:
             (
                 "a new LoRA version (r=4), added to the remote",
                 f"{sizes['v2_bytes']:,} B",
-                f"of which checkpoints ≈ {sizes['checkpoint_bytes']:,} B, "
-                f"package ≈ {sizes['export_bytes']:,} B",
+                f"new objects only: in the workspace its checkpoints take {sizes['checkpoint_bytes']:,} B "
+                f"and its package {sizes['export_bytes']:,} B, but tokenizer copies are already there",
             ),
             ("GPT-2-124M base, fp32 (computed)", f"{gpt2_base:,} B", ""),
             (
