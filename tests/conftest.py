@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from real_model import TEST_ONLY, smollm2_dir
 
 PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -27,6 +28,8 @@ os.environ.setdefault("GIT_COMMITTER_NAME", "TuneLedger Tests")
 os.environ.setdefault("GIT_COMMITTER_EMAIL", "tests@tuneledger.invalid")
 os.environ["DVC_NO_ANALYTICS"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Test-only packages (the openai client) live beside the environment: see `make test-setup`.
+sys.path.append(str(TEST_ONLY))
 
 
 def run(*cmd: str | Path, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900):
@@ -89,6 +92,12 @@ def set_params(repo: Path, **dotted) -> None:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a local safetensors directory (read-only for tests)."""
+    return smollm2_dir()
 
 
 @pytest.fixture
