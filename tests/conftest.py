@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from real_model import TEST_ONLY, smollm2_dir
 
 PROJECT = Path(__file__).resolve().parents[1]
