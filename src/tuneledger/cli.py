@@ -253,11 +253,17 @@ def fetch(
     with_base: Annotated[
         bool, typer.Option("--with-base", help="Also fetch the base model into OUTPUT.base/.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace OUTPUT (and OUTPUT.base) even if they are not from a previous fetch."
+        ),
+    ] = False,
 ) -> None:
     """Resolve through the registry, download through DVC, verify against the committed manifest."""
     from tuneledger.registry import api
 
-    resolved = api.fetch(output, name=name, version=version, stage=stage, with_base=with_base)
+    resolved = api.fetch(output, name=name, version=version, stage=stage, with_base=with_base, force=force)
     out.print(
         f"fetched {name}@{resolved.version} → {output} (verified {len(resolved.manifest.files)} files, "
         f"content id {resolved.manifest.content_id})"

@@ -1,4 +1,4 @@
-"""Publishing files and directories atomically: readers see the old version or the new one, never half."""
+"""Writing files atomically, and turning a full disk into one clear line."""
 
 from __future__ import annotations
 
@@ -45,38 +45,3 @@ def disk_space_errors(where: Path, what: str) -> Iterator[None]:
             f"{where}: no space left while writing {what} ({exc.strerror}; {free} bytes free there); "
             "free some space and rerun — outputs published before are intact"
         ) from None
-
-
-@contextlib.contextmanager
-def staging_dir(target: str | Path) -> Iterator[Path]:
-    """Yield an empty sibling directory of `target`; it is removed unless published."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with disk_space_errors(target.parent, f"the new {target}"):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-        try:
-            yield tmp
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def publish_dir(staged: str | Path, target: str | Path) -> None:
-    """Move a fully written directory into place, replacing `target` (two renames, no copying)."""
-    staged, target = Path(staged), Path(target)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staged, 0o777 & ~umask)  # mkdtemp makes 0700; a published output gets normal permissions
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists() or target.is_symlink():
-        os.replace(target, old)
-    os.replace(staged, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_leftovers(target: str | Path) -> None:
-    """Delete staging directories that an interrupted run left beside `target`."""
-    target = Path(target)
-    for leftover in target.parent.glob(f".{target.name}.*"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover, ignore_errors=True)

@@ -10,3 +10,8 @@ EXPORT_DIR = Path("models/export")
 MANIFEST_FILE = Path("models/export.manifest.json")
 TRAIN_RESULTS = Path("results/train")
 EVAL_RESULTS = Path("results/evaluate")
+
+
+def base_path_for(package: Path) -> Path:
+    """`deploy/pkg` → `deploy/pkg.base`: where `fetch --with-base` puts the base beside a package."""
+    return package.with_name(package.name + ".base")

@@ -7,7 +7,7 @@ from pathlib import Path
 from tuneledger import modeling
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR
+from tuneledger.layout import BASE_DIR, base_path_for
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.safetensors_io import read_header
 from tuneledger.package.verify import verify
@@ -18,7 +18,7 @@ def base_candidates(package: Path, explicit: Path | None) -> list[Path]:
     writes, and the repository's models/base."""
     if explicit is not None:
         return [Path(explicit)]
-    return [package.with_name(package.name + ".base"), BASE_DIR]
+    return [base_path_for(package), BASE_DIR]
 
 
 def find_base(package: Path, meta: dict, explicit: Path | None = None) -> Path:

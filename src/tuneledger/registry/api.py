@@ -208,9 +208,10 @@ def fetch(
     version: str | None = None,
     stage: str | None = None,
     with_base: bool = False,
+    force: bool = False,
 ) -> Resolved:
     from tuneledger.registry.fetch import fetch as fetch_verified
 
     resolved = resolve(name, version=version, stage=stage)
-    fetch_verified(resolved, out, with_base=with_base)
+    fetch_verified(resolved, out, with_base=with_base, force=force)
     return resolved

@@ -3,6 +3,7 @@ every file against the manifest committed in git at that version, and only then 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -11,12 +12,12 @@ from pathlib import Path
 import yaml
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir, write_text_atomic
 from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR
+from tuneledger.layout import BASE_DIR, base_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.verify import VerificationFailed, find_problems
+from tuneledger.publication import Publication
 from tuneledger.registry import tags
 from tuneledger.registry.remote import open_repo, remote_errors
 
@@ -114,27 +115,75 @@ def _fetch_base(resolved: Resolved, package: Path, dest: Path, root: str) -> Non
         raise TuneLedgerError(f"base model of {resolved.version}: sha256 mismatch in {', '.join(wrong)}")
 
 
-def fetch(resolved: Resolved, out: Path, with_base: bool = False, root: str = ".") -> Path:
+def fetch(
+    resolved: Resolved, out: Path, with_base: bool = False, force: bool = False, root: str = "."
+) -> Path:
     """Download, verify, then publish into `out` (with `<out>.manifest.json` beside it).
 
-    On any failure nothing of the new version is left where it could be loaded; a previous
-    content of `out` stays as it was.
+    All or nothing: on any failure, or a kill at any point, the next fetch into `out` finds the
+    previous content of `out` or the new version, never a mixture. `out` is replaced only when it
+    is empty or a previous fetch, or with `force`: never a directory of the user's.
     """
     out = Path(out)
-    base_out = out.with_name(out.name + ".base")
-    remove_leftovers(out)
-    with staging_dir(out) as staged:
+    manifest_out = manifest_format.manifest_path_for(out)
+    targets = [out, manifest_out] + ([base_path_for(out)] if with_base else [])
+    with Publication(*targets) as outputs:
+        if not force:
+            refuse_foreign(out, with_base)
+        staged = outputs.staged_dir(out)
         download(resolved, staged, root=root)
         problems = find_problems(staged, resolved.manifest, label=str(out))
         if problems:
             raise VerificationFailed(problems)
         if with_base:
-            with staging_dir(base_out) as base_staged:
-                _fetch_base(resolved, staged, base_staged, root)
-                publish_dir(base_staged, base_out)
-        publish_dir(staged, out)
-    write_text_atomic(manifest_format.manifest_path_for(out), resolved.manifest_text)
+            _fetch_base(resolved, staged, outputs.staged_dir(base_path_for(out)), root)
+        outputs.staged_file(manifest_out).write_text(resolved.manifest_text, encoding="utf-8")
     return out
+
+
+def _files_under(directory: Path) -> set[str]:
+    return {p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir()}
+
+
+def _is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+
+
+def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
+    """The manifest of an earlier fetch into `out`: beside it, and listing exactly its files."""
+    try:
+        previous = manifest_format.read(manifest_format.manifest_path_for(out))
+    except (TuneLedgerError, OSError, UnicodeDecodeError):
+        return None
+    if out.is_dir() and not out.is_symlink() and _files_under(out) == set(previous.files):
+        return previous
+    return None
+
+
+def _previous_base(out: Path) -> bool:
+    """`<out>.base` holds exactly the base files that the earlier fetch's metadata names."""
+    try:
+        expected = metadata_format.read(out / "metadata.json")["base_model"]["files"]
+    except (TuneLedgerError, OSError, KeyError, TypeError, ValueError):
+        return False
+    base = base_path_for(out)
+    return base.is_dir() and not base.is_symlink() and _files_under(base) == set(expected)
+
+
+def refuse_foreign(out: Path, with_base: bool) -> None:
+    """Refuse to replace what an earlier fetch did not make: it may be the user's own work."""
+    fix = "choose another --output, or pass --force to replace it"
+    ours = _previous_fetch(out) is not None
+    if os.path.lexists(out) and not _is_empty_dir(out) and not ours:
+        raise TuneLedgerError(
+            f"{out}: exists and is not a previous fetch (no {manifest_format.manifest_path_for(out).name} "
+            f"beside it listing exactly its files); nothing was changed — {fix}"
+        )
+    base = base_path_for(out)
+    if with_base and os.path.lexists(base) and not _is_empty_dir(base) and not (ours and _previous_base(out)):
+        raise TuneLedgerError(
+            f"{base}: exists and is not the base of a previous fetch into {out}; nothing was changed — {fix}"
+        )
 
 
 def scratch_dir() -> Path:

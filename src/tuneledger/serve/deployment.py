@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.layout import base_path_for
 from tuneledger.predict import Predictor
 from tuneledger.registry.fetch import Resolved, fetch, resolve
 
@@ -55,7 +56,7 @@ def _reusable(package: Path, resolved: Resolved) -> bool:
     try:
         return (
             package.is_dir()
-            and package.with_name(package.name + ".base").is_dir()
+            and base_path_for(package).is_dir()
             and not find_problems(package, resolved.manifest)
         )
     except TuneLedgerError:
@@ -68,7 +69,7 @@ def deploy(name: str, stage: str, cache: Path = DEFAULT_CACHE, device: str | Non
     package = Path(cache) / f"{name}@{resolved.version}"
     if not _reusable(package, resolved):
         fetch(resolved, package, with_base=True)
-    predictor = Predictor.open(package, base=package.with_name(package.name + ".base"), device=device)
+    predictor = Predictor.open(package, base=base_path_for(package), device=device)
     return Deployment(name, stage, resolved, predictor)
 
 

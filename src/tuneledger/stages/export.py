@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 from tuneledger import base_model, git, modeling
-from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir, write_text_atomic
 from tuneledger.hashing import sha256_file, tree_digest
 from tuneledger.layout import (
     ADAPTER_DIR,
@@ -27,6 +26,7 @@ from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
 from tuneledger.params import Params
 from tuneledger.progress import say
+from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
 WEIGHTS = "adapter_model.safetensors"
@@ -105,14 +105,9 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
 
 
 def run(params: Params) -> manifest.Manifest:
-    remove_leftovers(EXPORT_DIR)
-    with staging_dir(EXPORT_DIR) as staged:
-        built = build_package(params, staged)
-        # Manifest first to a temp name, then package, then manifest: the swap is two renames.
-        pending = MANIFEST_FILE.with_name(MANIFEST_FILE.name + ".pending")
-        write_text_atomic(pending, built.to_json())
-        publish_dir(staged, EXPORT_DIR)
-        pending.replace(MANIFEST_FILE)
+    with Publication(EXPORT_DIR, MANIFEST_FILE) as outputs:
+        built = build_package(params, outputs.staged_dir(EXPORT_DIR))
+        outputs.staged_file(MANIFEST_FILE).write_text(built.to_json(), encoding="utf-8")
     say(f"exported {EXPORT_DIR} ({len(built.files)} files), content id {built.content_id}")
     return built
 

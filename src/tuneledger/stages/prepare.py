@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from tuneledger import base_model, data
-from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir
 from tuneledger.layout import BASE_DIR, PREPARED_DIR
 from tuneledger.params import Params
 from tuneledger.progress import say
+from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
 
 def run(params: Params) -> None:
     # Data first: a broken dataset line should fail in a second, not after a model download.
     splits = data.split(data.load_source(params.data, params.seed), params.data, params.seed)
-    for target in (BASE_DIR, PREPARED_DIR):
-        remove_leftovers(target)
-    with staging_dir(PREPARED_DIR) as prepared, staging_dir(BASE_DIR) as base:
+    with Publication(PREPARED_DIR, BASE_DIR) as outputs:
+        prepared = outputs.staged_dir(PREPARED_DIR)
         for name, rows in splits.items():
             data.write_split(rows, prepared / f"{name}.jsonl")
-        source = base_model.snapshot(params.model, base, params.seed)
-        publish_dir(prepared, PREPARED_DIR)
-        publish_dir(base, BASE_DIR)
+        source = base_model.snapshot(params.model, outputs.staged_dir(BASE_DIR), params.seed)
     counts = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
     say(f"prepared {params.data.source}: {counts} rows; base {source['id']} → {BASE_DIR}")
 

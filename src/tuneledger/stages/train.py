@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from tuneledger import checkpoints, data, modeling
-from tuneledger.fsutil import publish_dir, remove_leftovers, staging_dir
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
 from tuneledger.params import Params
 from tuneledger.progress import progress_bar, say
+from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
-LIVE_DIR = TRAIN_RESULTS.with_name(TRAIN_RESULTS.name + ".partial")  # published to results/train on success
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
@@ -163,10 +161,10 @@ class LogToDvcLive(TrainerCallback):
         self.live.make_summary()
 
 
-def _live() -> Live:
-    shutil.rmtree(LIVE_DIR, ignore_errors=True)
+def _live(outputs: Publication) -> Live:
+    # dvclive writes into the staged results/train, published with the adapter or not at all.
     # No dvc.yaml edits and no experiment of its own: dvc.yaml declares the plots, DVC owns experiments.
-    return Live(str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None)
+    return Live(str(outputs.staged_dir(TRAIN_RESULTS)), dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def run(params: Params) -> dict:
@@ -186,9 +184,10 @@ def run(params: Params) -> dict:
     train_rows = data.read_split(PREPARED_DIR, "train")
     val_rows = data.read_split(PREPARED_DIR, "val")
     callbacks: list[TrainerCallback] = [SealCheckpoints(config), ShowProgress()]
-    live = None
+    live = outputs = None
     if main:
-        live = _live()
+        outputs = Publication(ADAPTER_DIR, TRAIN_RESULTS).begin()
+        live = _live(outputs)
         callbacks.append(LogToDvcLive(live))
     trainer = SFTTrainer(
         model=model,
@@ -216,7 +215,7 @@ def run(params: Params) -> dict:
         "config_id": config,
     }
     if main:
-        _publish(trainer, live, summary)
+        _publish(trainer, live, summary, outputs)
     return summary
 
 
@@ -225,17 +224,16 @@ def _final_loss(history: list[dict]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def _publish(trainer, live, summary: dict) -> None:
-    """Write the adapter and the logs into place only now that training has succeeded."""
-    remove_leftovers(ADAPTER_DIR)
-    with staging_dir(ADAPTER_DIR) as staged:
-        trainer.model.save_pretrained(str(staged))
-        for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # PEFT adds a README we do not ship
-            os.remove(staged / extra)
-        publish_dir(staged, ADAPTER_DIR)
+def _publish(trainer, live, summary: dict, outputs: Publication) -> None:
+    """Put the adapter and the logs into place together, only now that training has succeeded."""
+    staged = outputs.staged_dir(ADAPTER_DIR)
+    trainer.model.save_pretrained(str(staged))
+    for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # PEFT adds a README we do not ship
+        os.remove(staged / extra)
     live.end()
-    (LIVE_DIR / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    publish_dir(LIVE_DIR, TRAIN_RESULTS)
+    summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
+    summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    outputs.commit()
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
 
 
