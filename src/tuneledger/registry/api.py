@@ -89,8 +89,7 @@ def promote(
     """Run the gate against the stage's current version, then move the stage to `version`."""
     if force and not reason:
         raise TuneLedgerError("--force needs --reason: the override is recorded in the registry")
-    if stage not in tags.STAGES:
-        raise TuneLedgerError(f"unknown stage {stage!r}; stages are {', '.join(tags.STAGES)}")
+    tags.check_stage(stage)
     with registry_lock(f"promote {name} {version} → {stage}"):
         candidate = resolve(name, version=version)
         current = tags.stage_holder(name, stage)
@@ -115,8 +114,7 @@ def promote(
             "failed_checks": failed,
         }
         summary = f"promote {name} {version} to {stage}" + (f" (forced: {reason})" if failed else "")
-        ever_held = any(e.version == version for e in tags.stage_assignments(name, stage))
-        tags.assign(name, version, stage, tags.compose_message(summary, info), force=ever_held)
+        tags.assign(name, version, stage, tags.compose_message(summary, info))
     return {
         "name": name,
         "version": version,
@@ -149,7 +147,7 @@ def rollback(
             raise TuneLedgerError(f"version {to} of {name} not found")
         info = {"action": "rollback", "from": current, "by": _who(), "reason": reason or "rollback"}
         summary = f"rollback {name} {stage}: {current} → {to}" + (f" ({reason})" if reason else "")
-        tags.assign(name, to, stage, tags.compose_message(summary, info), force=True)
+        tags.assign(name, to, stage, tags.compose_message(summary, info))
     return {"name": name, "stage": stage, "from": current, "to": to, "seconds": time.monotonic() - started}
 
 
