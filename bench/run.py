@@ -23,6 +23,7 @@ SECTIONS = [
     "noop",
     "experiments",
     "registry",
+    "registry_scale",
     "storage",
     "verify_throughput",
     "shadow",
