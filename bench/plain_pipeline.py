@@ -21,7 +21,7 @@ def main(params_file: str) -> None:
     params = load_params(params_file)
     torch.set_num_threads(params.train.cpu_threads)
     work = Path(tempfile.mkdtemp())
-    splits = data.split(data.load_source(params.data, params.seed), params.data, params.seed)
+    splits = data.split(data.load_source(params.data, params.seed)[0], params.data, params.seed)
     base_model.build_tiny_gpt2(work / "base", params.seed)
     torch.set_num_threads(params.train.cpu_threads)
     tokenizer = AutoTokenizer.from_pretrained(work / "base")

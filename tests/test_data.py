@@ -87,3 +87,76 @@ def test_broken_dataset_line_stops_prepare_and_keeps_outputs(trained_repo):
     assert "Traceback" not in failed.stderr
     assert (trained_repo / "data/prepared/train.jsonl").read_bytes() == before
     assert (trained_repo / "models/base/model.safetensors").is_file()
+
+
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "reverse: red cat"},
+        {"role": "assistant", "content": "cat red"},
+        {"role": "user", "content": "reverse: sun owl"},
+        {"role": "assistant", "content": "owl sun"},
+    ]
+}
+CHAT_PC = {
+    "prompt": [{"role": "user", "content": "reverse: red cat"}],
+    "completion": [{"role": "assistant", "content": "cat red"}],
+}
+
+
+def test_reads_trl_conversational_formats(tmp_path):
+    extra = {**CHAT, "id": 7, "messages": [*CHAT["messages"][:-1], {**CHAT["messages"][-1], "name": "x"}]}
+    messages = write(tmp_path, json.dumps(extra) + "\n" + json.dumps(CHAT) + "\n")
+    assert data.read_jsonl(messages) == [CHAT, CHAT]  # only role and content are kept
+    prompt_completion = write(tmp_path, json.dumps(CHAT_PC) + "\n", "pc.jsonl")
+    assert data.read_jsonl(prompt_completion) == [CHAT_PC]
+    assert data.is_conversational([CHAT]) and not data.is_conversational([{"text": "x"}])
+
+
+def _turns(*pairs):
+    return [{"role": role, "content": content} for role, content in pairs]
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"messages": _turns(("user", "a"), ("bot", "b"))}, ":1: messages[1].role: unknown role 'bot'"),
+        (
+            {"messages": [{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "b"}]},
+            ":1: messages[0].content: must be a string, got list",
+        ),
+        ({"messages": _turns(("system", "s"), ("user", "a"))}, ":1: messages: no assistant turn"),
+        ({"messages": []}, ":1: messages must be a non-empty list of turns"),
+        ({"messages": ["hi"]}, ":1: messages[0]: expected an object with role and content, got str"),
+        ({**CHAT_PC, "completion": _turns(("user", "b"))}, ":1: completion must be exactly one assistant turn"),
+        ({**CHAT_PC, "prompt": "reverse: red cat"}, ":1: prompt must be a non-empty list of turns"),
+    ],
+)
+def test_bad_conversations_name_file_line_and_turn(tmp_path, row, message):
+    path = write(tmp_path, json.dumps(row) + "\n")
+    with pytest.raises(TuneLedgerError) as refused:
+        data.read_jsonl(path)
+    assert str(refused.value).startswith(str(path)) and message in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (CHAT, {"prompt": "a", "completion": "b"}, ":2: missing field 'messages' (mixed formats: this row is "),
+        ({"prompt": "a", "completion": "b"}, CHAT_PC, ":2: mixed formats: this row is conversational"),
+        (CHAT_PC, CHAT, ":2: missing field 'prompt' (mixed formats: this row is messages"),
+    ],
+)
+def test_mixed_formats_in_one_file_are_refused(tmp_path, first, second, message):
+    path = write(tmp_path, json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    with pytest.raises(TuneLedgerError, match=None) as refused:
+        data.read_jsonl(path)
+    assert message in str(refused.value)
+
+
+def test_builtin_chat_task_is_the_same_task_as_messages():
+    plain, chats = tasks.generate("reverse", 20, seed=1), tasks.BUILTIN_TASKS["reverse-words-chat"](20, 1)
+    for row, conversation in zip(plain, chats, strict=True):
+        user, reply = conversation["messages"]
+        assert user == {"role": "user", "content": row["prompt"].removesuffix(" =>")}
+        assert reply == {"role": "assistant", "content": row["completion"].strip()}

@@ -7,7 +7,7 @@ import random
 import shutil
 from pathlib import Path
 
-from tuneledger import tasks
+from tuneledger import chat, tasks
 from tuneledger.errors import TuneLedgerError
 from tuneledger.params import ModelParams
 
@@ -17,8 +17,8 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.
 BUILTINS = ("tiny-gpt2",)
 
 
-def snapshot(model: ModelParams, out: Path, seed: int) -> dict:
-    """Write the base model named by `model` into `out`; return its source record."""
+def snapshot(model: ModelParams, out: Path, seed: int, conversational: bool = False) -> dict:
+    """Write the base model named by `model` into `out`, with the run's chat template; return its record."""
     if model.base.startswith("builtin:"):
         name = model.base.removeprefix("builtin:")
         if name not in BUILTINS:
@@ -31,6 +31,7 @@ def snapshot(model: ModelParams, out: Path, seed: int) -> dict:
     else:
         revision = _download_from_hub(model, out)
         record = {"id": model.base, "revision": revision, "kind": "hub"}
+    record["chat_template"] = chat.install(out, model.chat_template, conversational)
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
@@ -85,12 +86,23 @@ def _download_from_hub(model: ModelParams, out: Path) -> str:
 # With 2 heads the copy rule was learnt for only some seeds in 800 steps; with 4, for all 8 tried.
 TINY = {"n_layer": 2, "n_head": 4, "n_embd": 128, "n_positions": 128, "vocab_size": 2048}
 BUILD_THREADS = 2  # fixed, so the build is byte-identical whatever the machine's core count
-PRETRAIN = {"steps": 800, "batch_size": 16, "lr": 2e-3, "max_length": 64, "task_share": 0.9}
+PRETRAIN = {
+    "steps": 800,
+    "batch_size": 16,
+    "lr": 2e-3,
+    "max_length": 64,
+    "task_share": 0.9,
+    "chat_share": 0.3,
+}
 EOS = "<|endoftext|>"
+# ChatML's markers are in the vocabulary (and seen in pre-training) so that `model.chat_template:
+# chatml` works on the built-in base as it does on real instruct bases; the base itself ships no
+# template, like a pre-trained (not instruct) model.
+CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
-def _pretraining_text(seed: int) -> tuple[list[str], list[str]]:
-    """Task-format lines (the `copy` rule) and English prose (CPython's pydoc topics, shipped offline)."""
+def _pretraining_text(seed: int) -> tuple[list[str], list[str], list[list[dict]]]:
+    """Task-format lines and chats (the `copy` rule), and English prose (CPython's pydoc topics, offline)."""
     import pydoc_data.topics
 
     prose = [
@@ -99,8 +111,16 @@ def _pretraining_text(seed: int) -> tuple[list[str], list[str]]:
         for line in text.splitlines()
         if line.strip()
     ]
-    task = [row["prompt"] + row["completion"] for row in tasks.generate("copy", 5000, seed)]
-    return task, prose
+    rows = tasks.generate("copy", 5000, seed)
+    task = [row["prompt"] + row["completion"] for row in rows]
+    chats = [tasks.as_conversation(row)["messages"] for row in rows]
+    return task, prose, chats
+
+
+def _pretraining_line(rng: random.Random, task: list[str], chats: list[str], prose: list[str]) -> str:
+    if rng.random() >= PRETRAIN["task_share"]:
+        return rng.choice(prose)
+    return rng.choice(chats) if rng.random() < PRETRAIN["chat_share"] else rng.choice(task)
 
 
 def build_tiny_gpt2(out: Path, seed: int) -> None:
@@ -119,14 +139,20 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
     from tuneledger.progress import progress_bar
 
     pin_cpu_threads(BUILD_THREADS)
-    task, prose = _pretraining_text(seed)
+    task, prose, chats = _pretraining_text(seed)
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS], show_progress=False
+        task + prose, vocab_size=TINY["vocab_size"], special_tokens=[EOS, *CHAT_TOKENS], show_progress=False
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS
+        tokenizer_object=bpe._tokenizer,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        additional_special_tokens=CHAT_TOKENS,
     )
+    chatml = (chat.BUILTIN_DIR / "chatml.jinja").read_text(encoding="utf-8")
+    chats = [tokenizer.apply_chat_template(c, chat_template=chatml, tokenize=False) for c in chats]
 
     set_seed(seed)
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
@@ -138,10 +164,7 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
     model.train()
     with progress_bar("pre-training builtin:tiny-gpt2", total=PRETRAIN["steps"]) as advance:
         for _ in range(PRETRAIN["steps"]):
-            batch = [
-                (rng.choice(task) if rng.random() < PRETRAIN["task_share"] else rng.choice(prose)) + EOS
-                for _ in range(PRETRAIN["batch_size"])
-            ]
+            batch = [_pretraining_line(rng, task, chats, prose) + EOS for _ in range(PRETRAIN["batch_size"])]
             enc = tokenizer(
                 batch, return_tensors="pt", padding=True, truncation=True, max_length=PRETRAIN["max_length"]
             )

@@ -1,4 +1,11 @@
-"""Held-out metrics: loss and perplexity on the answer tokens, and exact match of greedy answers."""
+"""Held-out metrics: loss and perplexity on the answer tokens, exact match of greedy answers, and
+how often an answer ends by itself (with an end-of-turn or eos token) rather than at the length limit.
+
+Plain rows are scored as before: `prompt` → `completion` (+ eos), or every token of `text`.
+Conversational rows are scored on their last assistant turn: the turns before it, rendered with the
+chat template and its generation prompt, are the prompt; that turn's content and its end-of-turn
+token are the answer. Base and tuned models are scored the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,31 @@ import math
 
 import torch
 
-from tuneledger.generation import generate
+from tuneledger import chat
+from tuneledger.generation import answer
 from tuneledger.progress import progress_bar
 
 
-def _labelled(tokenizer, row: dict[str, str]) -> tuple[list[int], list[int]]:
-    """Token ids and labels: for prompt/completion rows only the completion (and EOS) is scored."""
+def _conversation_ids(tokenizer, row: dict) -> tuple[list[int], int]:
+    """Token ids of the conversation up to and including the scored answer, and the prompt's length."""
+    turns, reply = chat.prompt_and_answer(row)
+    prompt = tokenizer.apply_chat_template(
+        turns, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    whole = tokenizer.apply_chat_template(
+        [*turns, {"role": "assistant", "content": reply}], tokenize=True, return_dict=False
+    )
+    # Score up to the end-of-turn token: what a template renders after it belongs to the next turn.
+    end = tokenizer.convert_tokens_to_ids(chat.end_of_turn_token(tokenizer))
+    stop = next(i for i in range(len(prompt), len(whole)) if whole[i] == end) + 1
+    return list(whole[:stop]), len(prompt)
+
+
+def _labelled(tokenizer, row: dict) -> tuple[list[int], list[int]]:
+    """Token ids and labels: only the answer (and its eos or end-of-turn) is scored, or all of `text`."""
+    if chat.is_conversational(row):
+        ids, prompt_length = _conversation_ids(tokenizer, row)
+        return ids, [-100] * prompt_length + ids[prompt_length:]
     if "text" in row:
         ids = tokenizer(row["text"])["input_ids"] + [tokenizer.eos_token_id]
         return ids, list(ids)
@@ -21,7 +47,7 @@ def _labelled(tokenizer, row: dict[str, str]) -> tuple[list[int], list[int]]:
 
 
 @torch.inference_mode()
-def answer_loss(model, tokenizer, rows: list[dict[str, str]], batch_size: int) -> float:
+def answer_loss(model, tokenizer, rows: list[dict], batch_size: int) -> float:
     """Mean negative log-likelihood per scored token over all rows."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -48,30 +74,40 @@ def answer_loss(model, tokenizer, rows: list[dict[str, str]], batch_size: int) -
     return total / max(count, 1)
 
 
-def exact_match(
-    model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int, label: str
-) -> float | None:
-    """Share of prompts whose greedy answer equals the reference (None for text-only data)."""
-    scored = [row for row in rows if "prompt" in row]
+def question_and_reference(row: dict) -> tuple[str | list[dict], str] | None:
+    """What the model is asked and the exact answer expected (None: a `text` row has no answer)."""
+    if chat.is_conversational(row):
+        return chat.prompt_and_answer(row)
+    if "prompt" in row:
+        return row["prompt"], row["completion"]
+    return None
+
+
+def greedy_answers(
+    model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, label: str
+) -> dict[str, float | None]:
+    """Exact match of greedy answers with the references, and the share that ended by themselves."""
+    scored = [pair for pair in map(question_and_reference, rows) if pair is not None]
     if not scored:
-        return None
-    hits = 0
+        return {"exact_match": None, "stop_rate": None}
+    hits = stopped = 0
     batches = range(0, len(scored), batch_size)
     with progress_bar(f"exact match ({label})", total=len(batches)) as advance:
         for start in batches:
             chunk = scored[start : start + batch_size]
-            answers = generate(model, tokenizer, [r["prompt"] for r in chunk], max_new_tokens)
-            hits += sum(a.strip() == r["completion"].strip() for a, r in zip(answers, chunk, strict=True))
+            replies = answer(model, tokenizer, [question for question, _ in chunk], max_new_tokens)
+            hits += sum(r.text.strip() == ref.strip() for r, (_, ref) in zip(replies, chunk, strict=True))
+            stopped += sum(reply.stopped for reply in replies)
             advance()
-    return hits / len(scored)
+    return {"exact_match": hits / len(scored), "stop_rate": stopped / len(scored)}
 
 
 def evaluate(
-    model, tokenizer, rows: list[dict[str, str]], max_new_tokens: int, batch_size: int, label: str
+    model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, label: str
 ) -> dict[str, float | None]:
     loss = answer_loss(model, tokenizer, rows, batch_size)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 700.0)),  # exp overflows a float beyond ~709
-        "exact_match": exact_match(model, tokenizer, rows, max_new_tokens, batch_size, label),
+        **greedy_answers(model, tokenizer, rows, max_new_tokens, batch_size, label),
     }

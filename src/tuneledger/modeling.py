@@ -88,59 +88,42 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_base(path: Path, device: str | None = None):
-    """A causal LM from a directory of safetensors weights, in float32, on one device."""
+def torch_dtype(setting: str):
+    """`model.dtype` as a torch dtype; auto is bfloat16 on a GPU that has it, else float32."""
     import torch
+
+    if setting == "auto":
+        on_bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if on_bf16_gpu else torch.float32
+    return getattr(torch, setting)
+
+
+def quantization_config(quantization: str, dtype):
+    """bitsandbytes settings for `model.quantization` (QLoRA's nf4 with double quantization)."""
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_base(path: Path, device: str | None = None, dtype: str = "float32", quantization: str = "none"):
+    """A causal LM from a directory of safetensors weights, on one device (quantized on request)."""
     from transformers import AutoModelForCausalLM
 
     if not any(Path(path).glob("*.safetensors")):
         raise TuneLedgerError(f"{path}: no *.safetensors weights; run `dvc repro prepare` or `dvc pull`")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, use_safetensors=True)
-    return model.to(pick_device(device)).eval()
-
-
-def linear_module_names(model) -> list[str]:
-    """Leaf names of the layers LoRA can adapt (Linear, and GPT-2's Conv1D)."""
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear | Conv1D)
-    }
-    return sorted(names - {"lm_head"})
-
-
-def resolve_lora_targets(model, requested: list[str] | str) -> list[str]:
-    """The layer names to adapt: as given (each must exist), or for "auto" the attention
-    projections peft lists for this architecture."""
-    available = linear_module_names(model)
-    if requested == "auto":
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
-
-        model_type = model.config.model_type
-        targets = [t for t in KNOWN.get(model_type, []) if t in available]
-        if not targets:
-            raise TuneLedgerError(
-                f"params.yaml: lora.target_modules: auto knows no attention layers for model type "
-                f"{model_type!r}; list them (the model has {', '.join(available)})"
-            )
-        return targets
-    missing = [t for t in requested if t not in available]
-    if missing:
-        raise TuneLedgerError(
-            f"params.yaml: lora.target_modules: {missing} not in the base model "
-            f"(it has {', '.join(available)})"
-        )
-    return list(requested)
-
-
-def targets_conv1d(model, targets: list[str]) -> bool:
-    """GPT-2 style Conv1D layers store weights transposed; LoRA must know (`fan_in_fan_out`)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return any(
-        isinstance(module, Conv1D) and name.rsplit(".", 1)[-1] in targets
-        for name, module in model.named_modules()
-    )
+    device = pick_device(device)
+    options = {"dtype": torch_dtype(dtype), "use_safetensors": True}
+    if quantization != "none":
+        # bitsandbytes places the quantized weights itself; a later `.to()` would be refused.
+        options |= {"quantization_config": quantization_config(quantization, options["dtype"])}
+        options |= {"device_map": {"": device}}
+        return AutoModelForCausalLM.from_pretrained(str(path), **options)
+    model = AutoModelForCausalLM.from_pretrained(str(path), **options)
+    return model.to(device).eval()

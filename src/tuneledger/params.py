@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
@@ -23,6 +25,12 @@ class _Group(BaseModel):
 class ModelParams(_Group):
     base: Annotated[str, Field(min_length=1)] = "builtin:tiny-gpt2"
     revision: str | None = None
+    # null: the base's own template; a built-in name (tuneledger/chat_templates/); or a .jinja file
+    # under configs/chat_templates/, which the prepare stage depends on.
+    chat_template: Annotated[str, Field(min_length=1)] | None = None
+    # auto: bfloat16 on a GPU that supports it, else float32 (CPU kernels in bf16 are slow and inexact).
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    quantization: Literal["none", "nf4", "int8"] = "none"  # bitsandbytes; nf4 + LoRA is QLoRA
 
 
 class DataParams(_Group):
@@ -30,6 +38,10 @@ class DataParams(_Group):
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.1
     builtin_rows: Annotated[int, Field(ge=20, le=1_000_000)] = 1200
+    # For `source: hub:ORG/NAME` (datasets.load_dataset); the resolved commit is recorded.
+    revision: str | None = None
+    config: str | None = None
+    split: Annotated[str, Field(min_length=1)] = "train"
 
     @model_validator(mode="after")
     def _leaves_training_rows(self) -> DataParams:
@@ -38,20 +50,60 @@ class DataParams(_Group):
         return self
 
 
-def _layer_names_or_auto(value: Any) -> list[str] | str:
-    if value == "auto":
+TARGET_KEYWORDS = ("auto", "all-linear")
+
+
+def _layer_names_or_keyword(value: Any) -> list[str] | str:
+    if value in TARGET_KEYWORDS:
         return value
     if isinstance(value, list) and value and all(isinstance(name, str) and name for name in value):
         return value
-    raise ValueError("must be a non-empty list of layer names, or 'auto'")
+    raise ValueError("must be a non-empty list of layer names, 'auto' or 'all-linear'")
+
+
+def _layer_names(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(name, str) and name for name in value):
+        return value
+    raise ValueError("must be a list of layer names")
+
+
+# `train.launcher` becomes the start of a shell command (dvc.yaml `cmd`), so only known launchers
+# with plain option tokens pass: no shell syntax can ride along.
+LAUNCHERS = (("python",), ("torchrun",), ("accelerate", "launch"))
+_LAUNCHER_TOKEN = re.compile(r"[A-Za-z0-9_./:=,@+-]+")
+
+
+def _known_launcher(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    try:
+        tokens = shlex.split(value)
+    except ValueError:
+        tokens = []
+    program = next((p for p in LAUNCHERS if tuple(tokens[: len(p)]) == p), None)
+    if program is None:
+        raise ValueError("must start with python, torchrun or accelerate launch")
+    if program == ("python",) and len(tokens) > 1:
+        raise ValueError("python takes no options here")
+    unsafe = [t for t in tokens if not _LAUNCHER_TOKEN.fullmatch(t)]
+    if unsafe or " ".join(tokens) != value.strip():
+        raise ValueError(
+            f"options may hold only letters, digits and ._/:=,@+- (refused: {unsafe or value!r})"
+        )
+    return " ".join(tokens)
 
 
 class LoraParams(_Group):
     r: Annotated[int, Field(ge=1, le=1024)] = 8
     alpha: Annotated[float, Field(gt=0, le=4096)] = 16
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
-    # Layer names to adapt, or "auto": the attention projections peft knows for the architecture.
-    target_modules: Annotated[list[str] | str, PlainValidator(_layer_names_or_auto)] = ["c_attn"]
+    # Layer names to adapt; "auto": the attention projections peft knows for the architecture;
+    # "all-linear": every linear layer but the output head (peft's own keyword).
+    target_modules: Annotated[list[str] | str, PlainValidator(_layer_names_or_keyword)] = ["c_attn"]
+    use_dora: bool = False
+    use_rslora: bool = False  # scale updates by alpha/sqrt(r) instead of alpha/r
+    # Layers trained in full and saved with the adapter (e.g. an embedding for new chat tokens).
+    modules_to_save: Annotated[list[str], PlainValidator(_layer_names)] = []
 
 
 class TrainParams(_Group):
@@ -69,7 +121,17 @@ class TrainParams(_Group):
     cpu_threads: Annotated[int, Field(ge=1, le=512)] = 2
     # The command that runs the stage module: "python", "torchrun --nproc_per_node 2",
     # "accelerate launch --config_file configs/accelerate/multi_gpu_bf16.yaml", ...
-    launcher: Annotated[str, Field(min_length=1)] = "python"
+    launcher: Annotated[str, PlainValidator(_known_launcher)] = "python"
+    # Conversational data: labels only on assistant turns and their end-of-turn token.
+    assistant_only_loss: bool = True
+    gradient_checkpointing: bool = False  # non-reentrant; trades compute for activation memory
+    max_steps: Annotated[int, Field(ge=1)] | None = None  # overrides epochs when set
+    save_steps: Annotated[int, Field(ge=1)] | None = None  # null: a checkpoint each epoch
+    eval_steps: Annotated[int, Field(ge=1)] | None = None  # null: evaluate each epoch
+    lr_scheduler: Annotated[str, Field(min_length=1)] = "linear"  # a transformers SchedulerType
+    optim: Annotated[str, Field(min_length=1)] = "adamw_torch"  # a transformers OptimizerNames
+    # Trackers beside dvclive (always on); each must be installed by the user.
+    report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = []
 
 
 class EvalParams(_Group):

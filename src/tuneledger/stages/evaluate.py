@@ -17,7 +17,7 @@ from tuneledger.stages import stage_entry
 def run(params: Params) -> dict:
     rows = data.read_split(PREPARED_DIR, "test")[: params.eval.max_examples]
     tokenizer = modeling.load_tokenizer(BASE_DIR)
-    model = modeling.load_base(BASE_DIR)
+    model = modeling.load_base(BASE_DIR, None, params.model.dtype, params.model.quantization)  # as trained
     settings = {"max_new_tokens": params.eval.max_new_tokens, "batch_size": params.eval.batch_size}
     metrics = {"base": evaluation.evaluate(model, tokenizer, rows, label="base", **settings)}
     tuned = PeftModel.from_pretrained(model, str(ADAPTER_DIR)).eval()  # wraps the base in place
@@ -29,7 +29,7 @@ def run(params: Params) -> dict:
     for name, values in metrics.items():
         say(
             f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "
-            f"exact match {values['exact_match']}"
+            f"exact match {values['exact_match']}  stopped {values['stop_rate']}"
         )
     return metrics
 

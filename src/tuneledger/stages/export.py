@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tuneledger import base_model, git, modeling
+from tuneledger import base_model, chat, data, git, modeling
 from tuneledger.hashing import sha256_file, tree_digest
 from tuneledger.layout import (
     ADAPTER_DIR,
@@ -22,6 +22,7 @@ from tuneledger.layout import (
     TRAIN_RESULTS,
 )
 from tuneledger.package import card, environment, manifest, metadata, signature
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG
 from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
 from tuneledger.params import Params
@@ -29,17 +30,15 @@ from tuneledger.progress import say
 from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
-WEIGHTS = "adapter_model.safetensors"
 
-
-def _data_record(params: Params) -> dict:
+def _data_record() -> dict:
     splits = {}
-    for name in ("train", "val", "test"):
+    for name in data.SPLITS:
         path = PREPARED_DIR / f"{name}.jsonl"
         with open(path, encoding="utf-8") as handle:
             rows = sum(1 for line in handle if line.strip())
         splits[name] = {"sha256": sha256_file(path), "rows": rows}
-    return {"source": params.data.source, "splits": splits}
+    return {**data.read_origin(PREPARED_DIR), "splits": splits}
 
 
 def _base_record() -> dict:
@@ -47,7 +46,31 @@ def _base_record() -> dict:
     return {**base_model.read_source(BASE_DIR), "sha256": digest, "files": files}
 
 
-def _signature(params: Params, base_config: dict) -> dict:
+def _copy_adapter(base_id: str, staged: Path) -> None:
+    """The trained adapter, naming its base as the user gave it (a hub id or a local path), so
+    `AutoPeftModelForCausalLM`, vLLM and the Hub find it; the snapshot path would mean nothing elsewhere."""
+    shutil.copyfile(ADAPTER_DIR / ADAPTER_WEIGHTS, staged / ADAPTER_WEIGHTS)
+    config = json.loads((ADAPTER_DIR / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_id
+    (staged / ADAPTER_CONFIG).write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+
+
+def _write_generation_config(staged: Path) -> None:
+    """Every token that ends an answer (eos and the chat template's end-of-turn), so plain
+    transformers `generate` stops where the tuned model learnt to. Written as plain JSON rather
+    than `GenerationConfig.save_pretrained`, which stamps the transformers version into it."""
+    tokenizer = modeling.load_tokenizer(BASE_DIR)
+    config = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": chat.eos_token_ids(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    (staged / GENERATION_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _signature(params: Params, base_config: dict, conversational: bool) -> dict:
     context = base_config.get("n_positions") or base_config.get("max_position_embeddings") or 2048
     new_tokens = min(params.export.max_new_tokens, context - 1)
     return signature.build(
@@ -55,14 +78,17 @@ def _signature(params: Params, base_config: dict) -> dict:
         max_prompt_tokens=context - new_tokens,  # prompt and answer must fit the model's context
         max_new_tokens=new_tokens,
         default_new_tokens=params.eval.max_new_tokens,
+        conversational=conversational,
     )
 
 
-def _write_merged(staged: Path, cpu_threads: int) -> None:
+def _write_merged(staged: Path, params: Params) -> None:
+    """`merge_and_unload()` onto the unquantized base in the run's dtype (never onto nf4/int8 weights)."""
     from peft import PeftModel
 
-    modeling.pin_cpu_threads(cpu_threads)  # merged weights are byte-identical for a fixed count
-    model = PeftModel.from_pretrained(modeling.load_base(BASE_DIR, device="cpu"), str(staged))
+    modeling.pin_cpu_threads(params.train.cpu_threads)  # merged weights are byte-identical for a fixed count
+    base = modeling.load_base(BASE_DIR, "cpu", params.model.dtype)
+    model = PeftModel.from_pretrained(base, str(staged))
     merged = model.merge_and_unload()
     merged.save_pretrained(str(staged / "merged"))
     modeling.copy_tokenizer(BASE_DIR, staged / "merged")
@@ -70,16 +96,17 @@ def _write_merged(staged: Path, cpu_threads: int) -> None:
 
 def build_package(params: Params, staged: Path) -> manifest.Manifest:
     """Write every file of the package into `staged`; return its manifest."""
-    for name in (WEIGHTS, "adapter_config.json"):
-        shutil.copyfile(ADAPTER_DIR / name, staged / name)
-    modeling.copy_tokenizer(BASE_DIR, staged)
+    base = base_model.read_source(BASE_DIR)
+    _copy_adapter(base["id"], staged)
+    modeling.copy_tokenizer(BASE_DIR, staged)  # the chat template among them
+    _write_generation_config(staged)
     if params.export.merge:
-        _write_merged(staged, params.train.cpu_threads)
+        _write_merged(staged, params)
     content_id = manifest.content_id(staged, manifest.package_files(staged))
     commit = git.head_commit()
     dirty = git.dirty_paths()
     rewrite_metadata(
-        staged / WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""}
+        staged / ADAPTER_WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""}
     )
 
     env = environment.describe()
@@ -87,7 +114,7 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         content_id=content_id,
         git={"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "dirty_paths": dirty},
         params=params.model_dump(mode="json"),
-        data=_data_record(params),
+        data=_data_record(),
         base_model=_base_record(),
         adapter=describe_adapter(staged),
         training=json.loads((TRAIN_RESULTS / "summary.json").read_text()),
@@ -96,7 +123,8 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     )
     base_config = json.loads((BASE_DIR / "config.json").read_text())
     (staged / "metadata.json").write_text(metadata.to_json(record))
-    (staged / "signature.json").write_text(json.dumps(_signature(params, base_config), indent=2) + "\n")
+    signature_record = _signature(params, base_config, conversational=bool(base.get("chat_template")))
+    (staged / "signature.json").write_text(json.dumps(signature_record, indent=2) + "\n")
     (staged / "README.md").write_text(card.render(record))
     (staged / "requirements.txt").write_text(environment.requirements_txt(env["packages"]))
     for path in staged.rglob("*"):  # libraries write some files 0600; a package is world-readable

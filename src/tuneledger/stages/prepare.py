@@ -12,12 +12,15 @@ from tuneledger.stages import stage_entry
 
 def run(params: Params) -> None:
     # Data first: a broken dataset line should fail in a second, not after a model download.
-    splits = data.split(data.load_source(params.data, params.seed), params.data, params.seed)
+    rows, origin = data.load_source(params.data, params.seed)
+    splits = data.split(rows, params.data, params.seed)
     with Publication(PREPARED_DIR, BASE_DIR) as outputs:
         prepared = outputs.staged_dir(PREPARED_DIR)
-        for name, rows in splits.items():
-            data.write_split(rows, prepared / f"{name}.jsonl")
-        source = base_model.snapshot(params.model, outputs.staged_dir(BASE_DIR), params.seed)
+        for name, split_rows in splits.items():
+            data.write_split(split_rows, prepared / f"{name}.jsonl")
+        data.write_origin(origin, prepared)
+        conversational = data.is_conversational(rows)
+        source = base_model.snapshot(params.model, outputs.staged_dir(BASE_DIR), params.seed, conversational)
     counts = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
     say(f"prepared {params.data.source}: {counts} rows; base {source['id']} → {BASE_DIR}")
 

@@ -1,36 +1,84 @@
-"""Stage `train`: LoRA fine-tuning with trl's SFTTrainer, resumable, logged through dvclive.
+"""Stage `train`: LoRA (or QLoRA) fine-tuning with trl's SFTTrainer, resumable, logged through dvclive.
 
-Runs unchanged under `torchrun` or `accelerate launch` (DDP): every rank trains, rank 0 alone
-writes checkpoint seals, logs and the adapter.
+Reads like trl's `sft.py`: model, data, trainer, train, publish. Runs unchanged under `torchrun`
+or `accelerate launch` (DDP, FSDP): every rank trains, rank 0 alone writes checkpoint seals, logs
+and the adapter.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import os
 import time
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from datasets import Dataset
 from dvclive import Live
-from peft import LoraConfig
-from transformers import PrinterCallback, TrainerCallback
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from tuneledger import checkpoints, data, modeling
+from tuneledger import chat, checkpoints, data, modeling
+from tuneledger.callbacks import LogToDvcLive, SealCheckpoints, ShowProgress
+from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES
 from tuneledger.params import Params
-from tuneledger.progress import progress_bar, say
+from tuneledger.progress import say
 from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+def run(params: Params) -> dict:
+    """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
+    primary = is_main_process()
+    config = config_id(params)
+    resume = _resumable_checkpoint(config, primary)
+    check_trackers(params.train.report_to)
+    if world_size() == 1:
+        modeling.pin_cpu_threads(params.train.cpu_threads)
+
+    tokenizer = modeling.load_tokenizer(BASE_DIR)
+    model = adapted_model(params)
+    train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
+    masked_by_template = assistant_masks(params, tokenizer, train_rows)
+    outputs = Publication(ADAPTER_DIR, TRAIN_RESULTS).begin() if primary else None
+    live = _live(outputs) if outputs else None
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(params, assistant_only_loss=masked_by_template),
+        train_dataset=training_dataset(params, tokenizer, train_rows),
+        eval_dataset=training_dataset(params, tokenizer, val_rows),
+        processing_class=tokenizer,
+        callbacks=_callbacks(config, live),
+    )
+    trainer.remove_callback(PrinterCallback)
+    if primary:
+        say(
+            f"training LoRA r={params.lora.r} on {len(train_rows)} rows, world size {trainer.args.world_size}"
+        )
+
+    started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    summary = {
+        "epochs": params.train.epochs,
+        "steps": trainer.state.global_step,
+        "final_loss": _final_loss(trainer.state.log_history),
+        "train_loss": result.training_loss,
+        "runtime_s": round(time.monotonic() - started, 3),
+        "world_size": trainer.args.world_size,
+        "sharding": sharding(),
+        "resumed_from": str(resume) if resume else None,
+        "config_id": config,
+    }
+    if primary:
+        _publish(trainer, live, summary, outputs)
+    return summary
 
 
+# --- configuration ---------------------------------------------------------------------------
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -44,121 +92,136 @@ def config_id(params: Params) -> str:
     """Everything that decides the trained weights; a checkpoint is only resumed by the same id."""
     inputs = {
         "seed": params.seed,
+        "model": params.group("model"),  # dtype and quantization change the trajectory
         "lora": params.group("lora"),
         "train": params.group("train"),
         "data": tree_digest(PREPARED_DIR)[0],
-        "base": tree_digest(BASE_DIR)[0],
+        "base": tree_digest(BASE_DIR)[0],  # the chat template is a file of the base snapshot
         "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
+        "sharding": sharding(),  # a sharded checkpoint holds other files than an unsharded one
         "cpu_kernels": modeling.cpu_kernels(),  # another kernel branch rounds differently
     }
     return sha256_bytes(canonical_json(inputs))
 
 
-def _lora_config(params: Params, model) -> LoraConfig:
-    targets = modeling.resolve_lora_targets(model, params.lora.target_modules)
+def check_trackers(names: list[str]) -> None:
+    """Trackers named in `train.report_to` must be installed: say so before any work."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TuneLedgerError(
+            f"params.yaml: train.report_to: {', '.join(missing)} not installed; "
+            f"`pip install {' '.join(missing)}` or remove it (dvclive always logs)"
+        )
+
+
+def lora_config(params: Params) -> LoraConfig:
+    """peft's own config: it resolves `all-linear`, knows each architecture's attention layers
+    (`auto` = its default), and sets `fan_in_fan_out` for GPT-2's Conv1D layers itself."""
+    lora = params.lora
     return LoraConfig(
-        r=params.lora.r,
-        lora_alpha=params.lora.alpha,
-        lora_dropout=params.lora.dropout,
-        target_modules=targets,
-        fan_in_fan_out=modeling.targets_conv1d(model, targets),
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=None if lora.target_modules == "auto" else lora.target_modules,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        modules_to_save=lora.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
 
 
-def _sft_config(params: Params) -> SFTConfig:
+def adapted_model(params: Params):
+    """The base (quantized if asked) with a freshly initialised adapter, seeded."""
+    model = modeling.load_base(BASE_DIR, "cpu", params.model.dtype, params.model.quantization)
+    if params.model.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=params.train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    set_seed(params.seed)  # LoRA A is drawn at random
+    try:
+        return get_peft_model(model, lora_config(params))
+    except ValueError as exc:  # peft's own check of the names against the model
+        raise TuneLedgerError(f"params.yaml: lora: {str(exc).splitlines()[0]}") from None
+
+
+def assistant_masks(params: Params, tokenizer, rows: list[dict]) -> bool:
+    """Whether trl masks non-assistant tokens of `messages` rows through the template's markers."""
+    return bool(
+        params.train.assistant_only_loss
+        and rows
+        and "messages" in rows[0]
+        and chat.marks_assistant_turns(tokenizer)
+    )
+
+
+def training_dataset(params: Params, tokenizer, rows: list[dict]) -> Dataset:
+    """Rows as trl takes them. `messages` rows whose template trl cannot mask become one
+    conversational prompt/completion row per assistant turn, which trl labels exactly."""
+    split_turns = params.train.assistant_only_loss and rows and "messages" in rows[0]
+    if split_turns and not chat.marks_assistant_turns(tokenizer):
+        rows = [turn for row in rows for turn in chat.per_turn_rows(row)]
+    return Dataset.from_list(rows)
+
+
+def _step_or_epoch(steps: int | None) -> dict:
+    return {"strategy": "steps", "steps": steps} if steps else {"strategy": "epoch", "steps": None}
+
+
+def sft_config(params: Params, assistant_only_loss: bool = False) -> SFTConfig:
     on_gpu = torch.cuda.is_available()
     t = params.train
+    save, evaluate = _step_or_epoch(t.save_steps), _step_or_epoch(t.eval_steps)
     return SFTConfig(
         output_dir=str(CHECKPOINTS_DIR),
         seed=params.seed,
         data_seed=params.seed,
         num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
         learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        optim=t.optim,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         weight_decay=t.weight_decay,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of total steps in transformers 5
         max_length=t.max_length,
+        assistant_only_loss=assistant_only_loss,
         logging_steps=t.logging_steps,
-        eval_strategy="epoch",
-        save_strategy="epoch",
+        eval_strategy=evaluate["strategy"],
+        eval_steps=evaluate["steps"],
+        save_strategy=save["strategy"],
+        save_steps=save["steps"],
         save_total_limit=t.keep_checkpoints,
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),  # CPU autocast to bf16 is slower here, and inexact
-        gradient_checkpointing=False,  # tiny adapters; recomputation only costs time
-        report_to="none",  # dvclive is attached explicitly, writing to a staging directory
+        bf16=modeling.torch_dtype(params.model.dtype) == torch.bfloat16 and on_gpu,
+        fp16=params.model.dtype == "float16" and on_gpu,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        report_to=t.report_to or "none",  # dvclive is attached explicitly, writing to a staging directory
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
 
 
-class SealCheckpoints(TrainerCallback):
-    """Seal each checkpoint once the trainer has finished writing it (see tuneledger.checkpoints)."""
-
-    def __init__(self, config: str):
-        self.config = config
-
-    def on_save(self, args, state, control, **kwargs):
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank has written its RNG state
-        if state.is_world_process_zero:
-            checkpoints.seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.config)
+def sharding() -> str | None:
+    """FSDP, as an accelerate config turns it on (`configs/accelerate/fsdp*.yaml`), or None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    return f"fsdp{os.environ.get('FSDP_VERSION', '1')} {os.environ.get('FSDP_SHARDING_STRATEGY', '')}".strip()
 
 
-class ShowProgress(TrainerCallback):
-    """One progress display for the run, instead of the trainer printing every log dict."""
-
-    def __init__(self):
-        self.stack = contextlib.ExitStack()
-        self.advance = None
-        self.values: dict[str, float] = {}
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            bar = progress_bar("training", total=max(1, state.max_steps - state.global_step))
-            self.advance = self.stack.enter_context(bar)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.values.update({k: v for k, v in (logs or {}).items() if k in ("loss", "eval_loss")})
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.advance:
-            self.advance(**self.values)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.stack.close()
-
-
-class LogToDvcLive(TrainerCallback):
-    """Log trainer metrics to dvclive by global step, so plots line up with checkpoints.
-
-    Unlike the stock dvclive callback, a resumed run first replays the history stored in the
-    checkpoint, so its logs equal those of an uninterrupted run instead of repeating steps.
-    """
-
-    def __init__(self, live: Live):
-        self.live = live
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        for entry in state.log_history:
-            self._log(entry)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self._log({**(logs or {}), "step": state.global_step})
-
-    def _log(self, entry: dict) -> None:
-        if "train_runtime" in entry:  # the end-of-run summary goes to summary.json instead
-            return
-        self.live.step = int(entry.get("step", 0))
-        for key, value in entry.items():
-            if key in ("step", "epoch") or isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            name = f"eval/{key.removeprefix('eval_')}" if key.startswith("eval_") else f"train/{key}"
-            self.live.log_metric(name, value)
-        self.live.make_summary()
+# --- checkpoints, logs and publication -------------------------------------------------------
+def _resumable_checkpoint(config: str, primary: bool):
+    resume, removed = checkpoints.select_resumable(CHECKPOINTS_DIR, config, remove=primary)
+    if primary and removed:
+        say(f"ignoring {len(removed)} checkpoint(s) of another configuration or incomplete: removed")
+    if primary and resume:
+        say(f"resuming from {resume}")
+    return resume
 
 
 def _live(outputs: Publication) -> Live:
@@ -167,61 +230,24 @@ def _live(outputs: Publication) -> Live:
     return Live(str(outputs.staged_dir(TRAIN_RESULTS)), dvcyaml=None, save_dvc_exp=False, report=None)
 
 
-def run(params: Params) -> dict:
-    """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
-    main = is_main_process()
-    config = config_id(params)
-    resume, removed = checkpoints.select_resumable(CHECKPOINTS_DIR, config, remove=main)
-    if main and removed:
-        say(f"ignoring {len(removed)} checkpoint(s) of another configuration or incomplete: removed")
-    if main and resume:
-        say(f"resuming from {resume}")
-
-    if world_size() == 1:
-        modeling.pin_cpu_threads(params.train.cpu_threads)
-    tokenizer = modeling.load_tokenizer(BASE_DIR)
-    model = modeling.load_base(BASE_DIR, device="cpu")
-    train_rows = data.read_split(PREPARED_DIR, "train")
-    val_rows = data.read_split(PREPARED_DIR, "val")
+def _callbacks(config: str, live: Live | None) -> list[TrainerCallback]:
     callbacks: list[TrainerCallback] = [SealCheckpoints(config), ShowProgress()]
-    live = outputs = None
-    if main:
-        outputs = Publication(ADAPTER_DIR, TRAIN_RESULTS).begin()
-        live = _live(outputs)
-        callbacks.append(LogToDvcLive(live))
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(params),
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(val_rows),
-        processing_class=tokenizer,
-        peft_config=_lora_config(params, model),
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    world = trainer.args.world_size
-    if main:
-        say(f"training LoRA r={params.lora.r} on {len(train_rows)} rows, world size {world}")
-    started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    summary = {
-        "epochs": params.train.epochs,
-        "steps": trainer.state.global_step,
-        "final_loss": _final_loss(trainer.state.log_history),
-        "train_loss": result.training_loss,
-        "runtime_s": round(time.monotonic() - started, 3),
-        "world_size": world,
-        "resumed_from": str(resume) if resume else None,
-        "config_id": config,
-    }
-    if main:
-        _publish(trainer, live, summary, outputs)
-    return summary
+    return callbacks + [LogToDvcLive(live)] if live else callbacks
 
 
 def _final_loss(history: list[dict]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return float(losses[-1]) if losses else None
+
+
+def _write_canonical_config(adapter_dir) -> None:
+    """peft writes `target_modules` (a set) in hash order, which changes from process to process."""
+    path = adapter_dir / ADAPTER_CONFIG
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "modules_to_save"):
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _publish(trainer, live, summary: dict, outputs: Publication) -> None:
@@ -230,6 +256,7 @@ def _publish(trainer, live, summary: dict, outputs: Publication) -> None:
     trainer.model.save_pretrained(str(staged))
     for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # PEFT adds a README we do not ship
         os.remove(staged / extra)
+    _write_canonical_config(staged)
     live.end()
     summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
     summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,143 @@
+"""Chat templates: which one a run uses, how a conversation becomes a prompt, where a turn ends.
+
+The template is the base's own (`chat_template.jinja` or the tokenizer config's entry), a built-in
+from `tuneledger/chat_templates/`, or a `.jinja` file under `configs/chat_templates/` (a dep of the
+prepare stage, so editing it re-runs the pipeline). `prepare` writes the chosen one into the base
+snapshot as `chat_template.jinja`, which transformers prefers over any other, so training,
+evaluation, the package and serving all render conversations with the same bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneledger.errors import TuneLedgerError
+from tuneledger.hashing import sha256_bytes
+
+TEMPLATE_FILE = "chat_template.jinja"
+BUILTIN_DIR = Path(__file__).parent / "chat_templates"
+USER_DIR = Path("configs/chat_templates")
+ROLES = ("system", "user", "assistant")
+_SENTINEL = "\x00tuneledger-answer\x00"
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.jinja"))
+
+
+def read_setting(setting: str) -> tuple[str, str]:
+    """The text of `model.chat_template` (a built-in name or a file under configs/chat_templates/)."""
+    if setting in builtin_names():
+        return (BUILTIN_DIR / f"{setting}.jinja").read_text(encoding="utf-8"), f"builtin:{setting}"
+    path = Path(setting)
+    inside = path.resolve().is_relative_to(USER_DIR.resolve())
+    if path.suffix != ".jinja" or not inside:
+        raise TuneLedgerError(
+            f"params.yaml: model.chat_template: {setting!r} is neither a built-in "
+            f"({', '.join(builtin_names())}) nor a .jinja file under {USER_DIR}/ (where DVC tracks it)"
+        )
+    if not path.is_file():
+        raise TuneLedgerError(f"params.yaml: model.chat_template: {setting} not found")
+    return path.read_text(encoding="utf-8"), path.as_posix()
+
+
+def base_template(tokenizer) -> str | None:
+    """The template a tokenizer brought with it (the default one if it names several)."""
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template or None
+
+
+def install(base_dir: Path, setting: str | None, conversational: bool) -> dict | None:
+    """Put the run's template into the base snapshot; return its record for metadata (None: no template)."""
+    from tuneledger.modeling import load_tokenizer
+
+    if setting is not None:
+        text, source = read_setting(setting)
+        (base_dir / TEMPLATE_FILE).write_text(text, encoding="utf-8")
+    else:
+        text, source = base_template(load_tokenizer(base_dir)), "base"
+    if text is None:
+        if conversational:
+            raise TuneLedgerError(
+                "model.chat_template: the base model has no chat template and the data is conversational; "
+                f"set model.chat_template to a built-in ({', '.join(builtin_names())}) or a .jinja file"
+            )
+        return None
+    record = {"source": source, "sha256": sha256_bytes(text.encode("utf-8"))}
+    record["end_of_turn"] = end_of_turn_token(load_tokenizer(base_dir))
+    return record
+
+
+def end_of_turn_token(tokenizer) -> str:
+    """The special token that closes an assistant turn in the template (`<|im_end|>`, `<|eot_id|>`)."""
+    turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _SENTINEL}]
+    rendered = tokenizer.apply_chat_template(turn, tokenize=False)
+    after = rendered.split(_SENTINEL, 1)[-1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    if not ids or ids[0] not in special:
+        raise TuneLedgerError(
+            f"model.chat_template: an assistant turn ends with {after[:20]!r}, not with a special token of "
+            "the base's vocabulary, so generation could not stop there; use a template made for this base"
+        )
+    return tokenizer.convert_ids_to_tokens(ids[0])
+
+
+def eos_token_ids(tokenizer) -> list[int]:
+    """Every token that ends an answer: the tokenizer's eos and, with a template, its end-of-turn."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if base_template(tokenizer):
+        turn_end = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+        ids = [turn_end, *(i for i in ids if i != turn_end)]
+    return ids
+
+
+def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The text a model continues to answer `messages` (with the assistant header appended)."""
+    if not base_template(tokenizer):
+        raise TuneLedgerError("this model has no chat template; send a plain prompt instead of messages")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def is_conversational(row: dict[str, Any]) -> bool:
+    return "messages" in row or isinstance(row.get("prompt"), list)
+
+
+def prompt_and_answer(row: dict[str, Any]) -> tuple[list[dict], str]:
+    """A conversational row as (turns before the last assistant turn, that turn's content)."""
+    if "messages" in row:
+        turns = row["messages"]
+        last = max(i for i, turn in enumerate(turns) if turn["role"] == "assistant")
+        return turns[:last], turns[last]["content"]
+    return row["prompt"], row["completion"][0]["content"]
+
+
+def per_turn_rows(row: dict[str, Any]) -> list[dict[str, list]]:
+    """A `messages` row as one conversational prompt/completion row per assistant turn."""
+    turns = row["messages"]
+    return [
+        {"prompt": turns[:i], "completion": [turn]}
+        for i, turn in enumerate(turns)
+        if turn["role"] == "assistant"
+    ]
+
+
+def marks_assistant_turns(tokenizer) -> bool:
+    """Whether trl can mask non-assistant tokens of `messages` rows with this template.
+
+    trl needs `{% generation %}` markers, and adds them itself only to templates it knows. Other
+    templates (SmolLM2's, for one) train through `per_turn_rows` instead: trl's conversational
+    prompt/completion format, which labels exactly each answer and its end-of-turn token.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = base_template(tokenizer)
+    if has_generation_markers(template):
+        return True
+    try:
+        return get_training_chat_template(tokenizer) is not None
+    except ValueError:
+        return False

@@ -1,0 +1,6 @@
+"""The names of the files a version package holds, in one place."""
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+GENERATION_CONFIG = "generation_config.json"  # transformers' own: lists every token that ends an answer
