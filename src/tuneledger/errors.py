@@ -37,6 +37,9 @@ def report_and_exit(exc: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape
 
+    from tuneledger.secrets import redact
+
+    message = redact(message)  # error text quotes paths, URLs and arguments, credentials included
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")
     sys.exit(code)
 

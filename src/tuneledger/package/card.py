@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from tuneledger.secrets import redact
+from tuneledger.secrets import redact, redact_data
 
 
 def _header(meta: dict) -> dict:
@@ -47,6 +47,7 @@ def _metric_rows(metrics: dict) -> str:
 
 
 def render(meta: dict) -> str:
+    meta = redact_data(meta)  # before YAML or Markdown quote anything, where escaping hides secrets
     p, train, git = meta["params"], meta["training"], meta["git"]
     splits = ", ".join(f"{s} {v['rows']} rows" for s, v in meta["data"]["splits"].items())
     lora = p["lora"]

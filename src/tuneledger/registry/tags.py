@@ -24,7 +24,7 @@ import yaml
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.git import run_git
-from tuneledger.secrets import redact
+from tuneledger.secrets import redact, redact_data
 
 FIRST_VERSION = "v1.0.0"
 INFO_PREFIX = "tuneledger: "
@@ -85,7 +85,8 @@ class Event:
 
 
 def compose_message(summary: str, info: dict[str, Any]) -> str:
-    return redact(f"{summary}\n\n{INFO_PREFIX}{json.dumps(info, sort_keys=True)}")
+    """A tag message; `info` is redacted before it is encoded, where escaping cannot hide a secret."""
+    return f"{redact(summary)}\n\n{INFO_PREFIX}{json.dumps(redact_data(info), sort_keys=True)}"
 
 
 def parse_info(message: str | None) -> dict[str, Any]:
