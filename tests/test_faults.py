@@ -156,31 +156,35 @@ def test_two_registers_at_once_register_one_version(registry_copy):
     assert added == {"lora-adapter@v1.2.0"}
 
 
-def mount_tmpfs(path: Path, size: int) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    return (
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-        ).returncode
-        == 0
-    )
+# Run a command with RLIMIT_FSIZE lowered: no file may grow beyond the limit, so a write past it
+# fails with EFBIG as on a full disk. Lowering one's own limit needs no privilege, so this runs
+# anywhere CI runs (a tmpfs mount needs root, or a user namespace that many kernels refuse).
+# Python ignores SIGXFSZ, so the write fails with an error instead of killing the process.
+WITH_FILE_SIZE_LIMIT = (
+    "import os, resource, sys; limit = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); os.execvp(sys.argv[2], sys.argv[2:])"
+)
 
 
 def test_a_full_disk_during_export_keeps_the_previous_package(trained_repo):
-    models = trained_repo / "models"
-    blocks = [-(-p.stat().st_size // 4096) * 4096 for p in models.rglob("*") if p.is_file()]
-    used = sum(blocks) + 4096 * sum(1 for p in models.rglob("*") if p.is_dir())
-    shutil.move(models, trained_repo / "models.orig")
-    if not mount_tmpfs(models, used + 64 * 1024):  # room for what exists, not for a second package
-        shutil.move(trained_repo / "models.orig", models)
-        pytest.skip("mounting a tmpfs needs root; this machine refused it")
-    try:
-        for item in (trained_repo / "models.orig").iterdir():
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, models / item.name)
-        failed = run("python", "-m", "tuneledger.stages.export", cwd=trained_repo, check=False)
-        assert failed.returncode == 1 and "Traceback" not in failed.stderr
-        assert "models: no space left while writing the new models/export" in failed.stderr
-        verify(models / "export")  # the previous package is whole
-        assert not list(models.glob(".export.*"))
-    finally:
-        subprocess.run(["umount", str(models)], check=False)
+    export = trained_repo / "models/export"
+    before = verify(export)
+    sizes = sorted(p.stat().st_size for p in export.rglob("*") if p.is_file())
+    limit = sizes[-1] // 2  # small files are written, the largest one cannot be
+    failed = run(
+        "python",
+        "-c",
+        WITH_FILE_SIZE_LIMIT,
+        str(limit),
+        "python",
+        "-m",
+        "tuneledger.stages.export",
+        cwd=trained_repo,
+        check=False,
+    )
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "models: no space left while writing the new models/export" in failed.stderr
+    assert verify(export).content_id == before.content_id  # the previous package is whole
+    assert read_json(trained_repo / "models/export.manifest.json")["content_id"] == before.content_id
+    assert not list((trained_repo / "models").glob(".export*"))

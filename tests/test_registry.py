@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import time
 
 from conftest import commit_all, read_json, run, set_params, use_remote
 from tuneledger.hashing import sha256_file
@@ -314,3 +316,68 @@ def test_secrets_never_reach_registry_tags(registry_copy):
     for text in (tags, history, done.stdout + done.stderr):
         assert secret not in text and "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY" not in text
     assert "pasted *** by mistake" in tags
+
+
+# --- the registry lock and rollback ---------------------------------------------------------
+
+
+def registry_tags(repo) -> set[str]:
+    return set(run("git", "tag", cwd=repo).stdout.split())
+
+
+def test_a_held_registry_lock_stops_every_writer_at_once(registry_copy, monkeypatch):
+    """Each writer would succeed (shown after the lock is released); while it is held, none does."""
+    from tuneledger.registry.lock import registry_lock
+
+    run("git", "commit", "-q", "--allow-empty", "-m", "release candidate", cwd=registry_copy)
+    writers = {
+        "register": ["tuneledger", "register"],
+        "promote": ["tuneledger", "promote", "v1.1.0", "--stage", "staging"],
+        "rollback": ["tuneledger", "rollback", "--stage", "prod", "--to", "v1.1.0"],
+    }
+    before = registry_tags(registry_copy)
+    monkeypatch.chdir(registry_copy)
+    with registry_lock("release job"):
+        for name, cmd in writers.items():
+            started = time.monotonic()
+            done = run(*cmd, cwd=registry_copy, check=False, timeout=60)
+            seconds = time.monotonic() - started
+            assert done.returncode == 1, (name, done.stdout, done.stderr)
+            assert re.fullmatch(
+                rf"error: {name} .*: the registry is busy \(release job, pid {os.getpid()}\); "
+                r"nothing was changed, retry when it finishes",
+                done.stderr.strip(),
+            ), done.stderr
+            assert seconds < 10, f"{name} waited {seconds:.1f}s for the lock instead of failing at once"
+    assert registry_tags(registry_copy) == before
+    for cmd in writers.values():
+        run(*cmd, cwd=registry_copy)
+    added = registry_tags(registry_copy) - before
+    assert len(added) == 3 and f"{NAME}@v1.2.0" in added
+
+
+def stage_holder(repo, stage) -> str:
+    return run("gto", "show", f"{NAME}#{stage}", "--version", cwd=repo).stdout.strip()
+
+
+def test_rolling_back_twice_walks_back_and_to_picks_any_version(registry_copy):
+    run("git", "commit", "-q", "--allow-empty", "-m", "a third version", cwd=registry_copy)
+    assert "registered lora-adapter@v1.2.0" in run("tuneledger", "register", cwd=registry_copy).stdout
+    for version in ("v1.0.0", "v1.1.0", "v1.2.0"):
+        run("tuneledger", "promote", version, "--stage", "staging", cwd=registry_copy)
+    assert stage_holder(registry_copy, "staging") == "v1.2.0"
+    for current, previous in (("v1.2.0", "v1.1.0"), ("v1.1.0", "v1.0.0")):
+        done = run("tuneledger", "rollback", "--stage", "staging", cwd=registry_copy)
+        assert f"staging: {current} → {previous}" in done.stdout
+        assert stage_holder(registry_copy, "staging") == previous
+    exhausted = run("tuneledger", "rollback", "--stage", "staging", cwd=registry_copy, check=False)
+    assert exhausted.returncode == 1
+    assert exhausted.stderr.strip() == (
+        "error: nothing to roll back to: v1.0.0 is the only version staging has had"
+    )
+    done = run("tuneledger", "rollback", "--stage", "staging", "--to", "v1.2.0", cwd=registry_copy)
+    assert "staging: v1.0.0 → v1.2.0" in done.stdout
+    assert stage_holder(registry_copy, "staging") == "v1.2.0"
+    events = json.loads(run("tuneledger", "history", "--json", cwd=registry_copy).stdout)
+    staging = [(e["event"], e["version"]) for e in events if e["stage"] == "staging"]
+    assert staging[:3] == [("rollback", "v1.2.0"), ("rollback", "v1.0.0"), ("rollback", "v1.1.0")]

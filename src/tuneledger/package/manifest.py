@@ -18,6 +18,10 @@ SCHEMA_VERSION = 1
 # Files that describe a version rather than define the model; they stay out of the content id.
 DESCRIPTIVE_FILES = frozenset({"README.md", "metadata.json", "signature.json", "requirements.txt"})
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+ADAPTER_CONFIG = "adapter_config.json"
+# peft keeps these as sets and writes them in set order, which changes with PYTHONHASHSEED from
+# one process to the next; their order means nothing. (`layers_to_transform` is ordered: kept.)
+UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "feedforward_modules")
 
 
 def manifest_path_for(package: Path) -> Path:
@@ -62,20 +66,40 @@ def defining_files(names: list[str]) -> list[str]:
     return [n for n in names if n.split("/")[0] not in DESCRIPTIVE_FILES]
 
 
+def adapter_config_meaning(path: Path) -> bytes:
+    """adapter_config.json as canonical JSON with its set-valued lists sorted: one byte string per meaning."""
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt adapter config: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise TuneLedgerError(f"{path}: corrupt adapter config: not UTF-8 text") from None
+    if not isinstance(config, dict):
+        raise TuneLedgerError(f"{path}: corrupt adapter config: expected a JSON object")
+    for key in UNORDERED_CONFIG_KEYS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key], key=canonical_json)
+    return canonical_json(config)
+
+
+def _identity(package: Path, name: str, plain: dict[Path, str]) -> list[str]:
+    if name.endswith(".safetensors"):
+        return ["tensors", tensor_digest(package / name)]
+    if PurePosixPath(name).name == ADAPTER_CONFIG:
+        return ["config", sha256_bytes(adapter_config_meaning(package / name))]
+    return ["file", plain[package / name]]
+
+
 def identities(package: Path, names: list[str]) -> dict[str, list[str]]:
-    """What each model-defining file *is*: safetensors by tensor content (not header), others by bytes."""
+    """What each model-defining file *is*: safetensors by tensor content (not header), the adapter
+    config by meaning (not serialization order), others by bytes."""
     defining = defining_files(names)
     plain = sha256_files([package / n for n in defining if not n.endswith(".safetensors")])
-    return {
-        n: ["tensors", tensor_digest(package / n)]
-        if n.endswith(".safetensors")
-        else ["file", plain[package / n]]
-        for n in defining
-    }
+    return {n: _identity(package, n, plain) for n in defining}
 
 
 def content_id(package: Path, names: list[str]) -> str:
-    """SHA-256 over the identities of the model-defining files: equal weights, equal id."""
+    """SHA-256 over the identities of the model-defining files: equal weights and config, equal id."""
     return sha256_bytes(canonical_json(identities(package, names)))
 
 

@@ -54,9 +54,36 @@ def check_health(candidate: Path, holder: Path | None, limits: RegistryParams) -
     return checks
 
 
+def _test_split_sha256(meta: dict) -> str | None:
+    return ((meta.get("data") or {}).get("splits") or {}).get("test", {}).get("sha256")
+
+
+def comparability_problems(candidate: dict, holder: dict) -> list[str]:
+    """Why two versions' metrics do not measure the same thing: another test split or other eval params."""
+    problems = []
+    new_split, old_split = _test_split_sha256(candidate), _test_split_sha256(holder)
+    if new_split is None or old_split is None:
+        problems.append("the test split's sha256 is not recorded")
+    elif new_split != old_split:
+        problems.append(f"another test split (sha256 {new_split[:12]}… vs {old_split[:12]}…)")
+    new_eval = (candidate.get("params") or {}).get("eval")
+    old_eval = (holder.get("params") or {}).get("eval")
+    if new_eval is None or old_eval is None:
+        problems.append("the eval params are not recorded")
+    elif new_eval != old_eval:
+        changed = sorted(k for k in new_eval.keys() | old_eval.keys() if new_eval.get(k) != old_eval.get(k))
+        shown = ", ".join(f"eval.{k} {new_eval.get(k)!r} vs {old_eval.get(k)!r}" for k in changed)
+        problems.append(f"other eval params ({shown})")
+    return problems
+
+
 def check_metrics(candidate: dict, holder: dict | None, limits: RegistryParams) -> Check:
+    """Candidate versus current version (the "X vs Y" order everywhere), only when they are comparable."""
     if holder is None:
         return Check("metrics", True, "no current version to compare with")
+    incomparable = comparability_problems(candidate, holder)
+    if incomparable:
+        return Check("metrics", False, f"not comparable: {'; '.join(incomparable)}")
     new, old = candidate["metrics"]["tuned"], holder["metrics"]["tuned"]
     worse = []
     for metric, lower_better in LOWER_IS_BETTER.items():

@@ -1,0 +1,170 @@
+"""What the docs claim is what the project measures: figures come from the files the project
+writes (results/evaluate/metrics.json, bench/results.md, the registry's gate log), and every test
+docs/reliability.md cites exists, with as many cases as it says."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from functools import cache
+
+import pytest
+
+from conftest import PROJECT, read_json
+
+README = PROJECT / "README.md"
+RELIABILITY = PROJECT / "docs/reliability.md"
+BENCH = PROJECT / "bench/results.md"
+TESTS = PROJECT / "tests"
+
+
+def agrees(shown: str, actual: float) -> bool:
+    """A figure as printed agrees with the measured value rounded to the digits it shows."""
+    decimals = len(shown.partition(".")[2])
+    return round(actual, decimals) == float(shown)
+
+
+def the_figure(text: str, pattern: str) -> str:
+    """The one figure `pattern` captures in the text (any line breaks); one gone or doubled fails."""
+    found = re.findall(pattern.replace(" ", r"\s+"), text)
+    assert len(found) == 1, f"expected the figure {pattern!r} exactly once, found {found}"
+    return found[0]
+
+
+# --- README against results/evaluate/metrics.json ----------------------------------------------
+
+
+def test_readme_quotes_the_committed_evaluation():
+    metrics = read_json(PROJECT / "results/evaluate/metrics.json")
+    readme = README.read_text()
+    shown = the_figure(readme, r"\(loss ([\d.]+) → ([\d.]+), exact match ([\d.]+) → ([\d.]+) on the held-out")
+    actual = (
+        metrics["base"]["loss"],
+        metrics["tuned"]["loss"],
+        metrics["base"]["exact_match"],
+        metrics["tuned"]["exact_match"],
+    )
+    assert all(map(agrees, shown, actual)), f"README shows {shown}, metrics.json has {actual}"
+
+
+# --- README against bench/results.md --------------------------------------------------------------
+
+
+@cache
+def bench_rows() -> dict[str, str]:
+    """First cell → second cell of every table row in bench/results.md."""
+    rows = {}
+    for line in BENCH.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 2:
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def bench_number(row: str) -> float:
+    """The leading number of a bench cell: `**1.44**` → 1.44, `0.760 s (0.734–0.791)` → 0.76."""
+    return float(re.match(r"\**([\d.]+)", bench_rows()[row]).group(1))
+
+
+def bench_minutes() -> float:
+    return float(re.search(r"by `make bench`, ([\d.]+) min in all", BENCH.read_text()).group(1))
+
+
+# README pattern (one figure) → the value bench/results.md holds for it.
+BENCH_FIGURES = {
+    r"takes ([\d.]+)× a plain script": lambda: bench_number("pipeline / plain script"),
+    r"a no-op `dvc repro` takes ([\d.]+) s": lambda: bench_number("`dvc repro` (nothing changed)"),
+    r"`tuneledger rollback` ([\d.]+) s": lambda: bench_number(
+        "`tuneledger rollback --stage prod` (CLI, start-up included)"
+    ),
+    r"`make bench` measures ([\d.]+) s from start-up to the new tag": lambda: bench_number(
+        "`tuneledger rollback --stage prod` (CLI, start-up included)"
+    ),
+    r"adds ([\d.]+)% of the tiny base's bytes": lambda: (
+        100 * bench_number("new version / base model bytes (tiny default, measured)")
+    ),
+    r"\(([\d.]+)% for GPT-2-124M shapes\)": lambda: (
+        100 * bench_number("new version / base model bytes (GPT-2-124M, computed, package only)")
+    ),
+    r"`verify` hashes at ([\d.]+)× `openssl": lambda: bench_number("verify throughput / openssl throughput"),
+    r"p50 latency unchanged \(([\d.]+)×\)": lambda: bench_number("prod p50 with shadow / without"),
+    r"make CPU pre-training about ([\d.]+)× slower": lambda: bench_number(
+        "portable / native kernels (CPU pre-training)"
+    ),
+    r"`make bench` \(about ([\d.]+) minutes\)": bench_minutes,
+}
+
+
+@pytest.mark.parametrize("pattern", BENCH_FIGURES)
+def test_readme_quotes_the_committed_benchmark(pattern):
+    shown = the_figure(README.read_text(), pattern)
+    actual = BENCH_FIGURES[pattern]()
+    assert agrees(shown, actual), f"README shows {shown} for {pattern!r}; bench/results.md has {actual}"
+
+
+def test_readme_quotes_the_drift_the_gate_measured(registry):
+    """Halving the default's rank (v1.0.0 r=8 → v1.1.0 r=4) moves the update norm by what README says."""
+    _, log = registry
+    measured = float(re.search(r"largest update-norm change ([\d.]+)%", log["promote_v2"]).group(1))
+    shown = the_figure(README.read_text(), r"halving the rank of the default moves it by about (\d+)%")
+    assert round(measured, -1) == float(shown), f"README says about {shown}%, the gate measured {measured}%"
+
+
+# --- docs/reliability.md: every cited test exists, with the cases it claims ------------------------
+
+
+def cited_tests() -> list[tuple[str, str, int | None]]:
+    """(file, test, claimed cases) for every test a table row cites; a bare `test_x` after
+    `file.py::test_y` in the same cell is in the same file."""
+    cited = []
+    for line in RELIABILITY.read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        current = None
+        for file, name, cases in re.findall(r"`(?:([\w/]+\.py)::)?(test_\w+)`(?: \((\d+) cases\))?", line):
+            current = file or current
+            assert current, f"docs/reliability.md: `{name}` names no file: {line}"
+            cited.append((current, name, int(cases) if cases else None))
+    return cited
+
+
+def cited_function(file: str, name: str):
+    """The test function itself, from its module as pytest imports it (already loaded in a full run)."""
+    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    return getattr(module, name, None)
+
+
+def cases(file: str, name: str) -> int:
+    """How many cases a test runs: its parametrize combinations times hypothesis' max_examples."""
+    count = 1
+    for mark in getattr(cited_function(file, name), "pytestmark", []):
+        if mark.name == "parametrize":
+            count *= len(mark.args[1])
+    return count * hypothesis_examples(file, name)
+
+
+def hypothesis_examples(file: str, name: str) -> int:
+    """max_examples of a test's @settings (1 if it has none)."""
+    tree = ast.parse((TESTS / file).read_text())
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    for decorator in function.decorator_list:
+        if isinstance(decorator, ast.Call) and ast.unparse(decorator.func).endswith("settings"):
+            for keyword in decorator.keywords:
+                if keyword.arg == "max_examples":
+                    return ast.literal_eval(keyword.value)
+    return 1
+
+
+def test_reliability_cites_only_tests_that_exist():
+    cited = cited_tests()
+    assert len(cited) > 30
+    missing = [f"{file}::{name}" for file, name, _ in cited if not callable(cited_function(file, name))]
+    assert not missing, f"docs/reliability.md cites tests that do not exist: {missing}"
+
+
+def test_reliability_counts_the_cases_its_tests_run():
+    for file, name, claimed in cited_tests():
+        if claimed is not None:
+            runs = cases(file, name)
+            assert runs == claimed, f"docs/reliability.md: {file}::{name} runs {runs} cases, not {claimed}"
