@@ -115,22 +115,52 @@ def prompt_and_answer(row: dict[str, Any]) -> tuple[list[dict], str]:
     return row["prompt"], row["completion"][0]["content"]
 
 
-def per_turn_rows(row: dict[str, Any]) -> list[dict[str, list]]:
-    """A `messages` row as one conversational prompt/completion row per assistant turn."""
-    turns = row["messages"]
-    return [
-        {"prompt": turns[:i], "completion": [turn]}
-        for i, turn in enumerate(turns)
-        if turn["role"] == "assistant"
-    ]
+def _ids(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
+    return list(
+        tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=False
+        )
+    )
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids of a conversation, and for each assistant turn the span from its first content
+    token through its end-of-turn token: exactly what an answer teaches.
+
+    Each span starts where the rendering of the turns before it, with the generation prompt, ends;
+    that requires a template that renders earlier turns the same way whatever follows them.
+    """
+    ids = _ids(tokenizer, messages)
+    end = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer))
+    spans = []
+    for index, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        start = len(prefix := _ids(tokenizer, messages[:index], add_generation_prompt=True))
+        if ids[:start] != prefix or end not in ids[start:]:
+            raise TuneLedgerError(
+                "model.chat_template: the template renders earlier turns differently once later turns "
+                "follow, so answers cannot be masked; add {% generation %} markers (configs/chat_templates/)"
+            )
+        spans.append((start, ids.index(end, start) + 1))
+    return ids, spans
+
+
+def assistant_masked(tokenizer, row: dict[str, Any]) -> dict[str, list[int]]:
+    """A `messages` row in trl's tokenized form: input ids and `assistant_masks` (1 on answers)."""
+    ids, spans = assistant_spans(tokenizer, row["messages"])
+    mask = [0] * len(ids)
+    for start, stop in spans:
+        mask[start:stop] = [1] * (stop - start)
+    return {"input_ids": ids, "assistant_masks": mask}
 
 
 def marks_assistant_turns(tokenizer) -> bool:
     """Whether trl can mask non-assistant tokens of `messages` rows with this template.
 
     trl needs `{% generation %}` markers, and adds them itself only to templates it knows. Other
-    templates (SmolLM2's, for one) train through `per_turn_rows` instead: trl's conversational
-    prompt/completion format, which labels exactly each answer and its end-of-turn token.
+    templates (SmolLM2's, for one) train through `assistant_masked` instead: trl's tokenized format
+    with an `assistant_masks` column, which trl turns into labels as it does its own masks.
     """
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 

@@ -57,4 +57,8 @@ def quiet_libraries() -> None:
     import warnings
 
     logging.getLogger("dvclive").setLevel(logging.WARNING)
+    # bitsandbytes looks for optional CPU kernels on import and logs their absence as an error.
+    logging.getLogger("bitsandbytes").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices inside libraries
+    # peft sets fan_in_fan_out for GPT-2's Conv1D layers itself, as it should, and warns that it did.
+    warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")

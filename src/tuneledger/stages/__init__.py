@@ -12,6 +12,7 @@ from tuneledger.progress import quiet_libraries
 
 # Before any stage imports torch: the same commit trains the same bytes on any x86-64 machine.
 use_portable_cpu_kernels()
+quiet_libraries()  # before the stage module imports them: some libraries speak on import
 
 
 def stage_entry(run: Callable[[Params], Any]) -> Callable[[], None]:
@@ -20,7 +21,6 @@ def stage_entry(run: Callable[[Params], Any]) -> Callable[[], None]:
     @friendly_errors
     def main() -> None:
         params = load_params()  # refuse bad params before any output is touched
-        quiet_libraries()
         run(params)
 
     return main

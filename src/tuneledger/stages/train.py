@@ -36,7 +36,7 @@ def run(params: Params) -> dict:
     primary = is_main_process()
     config = config_id(params)
     resume = _resumable_checkpoint(config, primary)
-    check_trackers(params.train.report_to)
+    check_train_params(params)
     if world_size() == 1:
         modeling.pin_cpu_threads(params.train.cpu_threads)
 
@@ -78,6 +78,21 @@ def run(params: Params) -> dict:
     return summary
 
 
+def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict], callbacks=()) -> SFTTrainer:
+    """trl's trainer over the base with a fresh adapter, the prepared rows and the run's chat template."""
+    tokenizer = modeling.load_tokenizer(BASE_DIR)
+    trainer = SFTTrainer(
+        model=adapted_model(params),
+        args=sft_config(params, assistant_only_loss=assistant_masks(params, tokenizer, train_rows)),
+        train_dataset=training_dataset(params, tokenizer, train_rows),
+        eval_dataset=training_dataset(params, tokenizer, val_rows),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 # --- configuration ---------------------------------------------------------------------------
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -104,14 +119,22 @@ def config_id(params: Params) -> str:
     return sha256_bytes(canonical_json(inputs))
 
 
-def check_trackers(names: list[str]) -> None:
-    """Trackers named in `train.report_to` must be installed: say so before any work."""
-    missing = [name for name in names if importlib.util.find_spec(name) is None]
+def check_train_params(params: Params) -> None:
+    """Names that transformers resolves late, checked before any work: trackers, scheduler, optimizer."""
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    missing = [name for name in params.train.report_to if importlib.util.find_spec(name) is None]
     if missing:
         raise TuneLedgerError(
             f"params.yaml: train.report_to: {', '.join(missing)} not installed; "
             f"`pip install {' '.join(missing)}` or remove it (dvclive always logs)"
         )
+    for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
+        value = getattr(params.train, key)
+        if value not in {member.value for member in names}:
+            known = ", ".join(member.value for member in names)
+            raise TuneLedgerError(f"params.yaml: train.{key}: unknown {value!r}; transformers knows {known}")
 
 
 def lora_config(params: Params) -> LoraConfig:
@@ -157,11 +180,11 @@ def assistant_masks(params: Params, tokenizer, rows: list[dict]) -> bool:
 
 
 def training_dataset(params: Params, tokenizer, rows: list[dict]) -> Dataset:
-    """Rows as trl takes them. `messages` rows whose template trl cannot mask become one
-    conversational prompt/completion row per assistant turn, which trl labels exactly."""
-    split_turns = params.train.assistant_only_loss and rows and "messages" in rows[0]
-    if split_turns and not chat.marks_assistant_turns(tokenizer):
-        rows = [turn for row in rows for turn in chat.per_turn_rows(row)]
+    """Rows as trl takes them. `messages` rows whose template trl cannot mask come tokenized, with
+    an `assistant_masks` column marking each answer and its end-of-turn token."""
+    masked = params.train.assistant_only_loss and rows and "messages" in rows[0]
+    if masked and not chat.marks_assistant_turns(tokenizer):
+        return Dataset.from_list([chat.assistant_masked(tokenizer, row) for row in rows])
     return Dataset.from_list(rows)
 
 
