@@ -115,6 +115,12 @@ def default_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def tiny_base_dir(default_run, tmp_path) -> Path:
+    """The default run's tiny base as a local model directory (it has no chat template)."""
+    return shutil.copytree(default_run / "models/base", tmp_path / "tiny-base")
+
+
+@pytest.fixture
 def trained_repo(default_run, tmp_path) -> Path:
     """A private, writable copy of the default run."""
     return copy_repo(default_run, tmp_path / "repo")

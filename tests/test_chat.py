@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 
 import pytest
 
@@ -138,14 +137,10 @@ def test_prompt_completion_rows_keep_completion_only_loss(chat_run):
     assert collated_spans(chat_run, [row]) == [["bee fox owl<|im_end|>\n"]]
 
 
-@pytest.fixture
-def base_copy(default_run, tmp_path):
-    """The default tiny base as a local model directory (it has no chat template)."""
-    return shutil.copytree(default_run / "models/base", tmp_path / "tiny-base")
-
-
-def test_chat_data_on_a_base_without_template_is_one_clear_error(trained_repo, base_copy):
-    set_params(trained_repo, **{"model.base": str(base_copy), "data.source": "builtin:reverse-words-chat"})
+def test_chat_data_on_a_base_without_template_is_one_clear_error(trained_repo, tiny_base_dir):
+    set_params(
+        trained_repo, **{"model.base": str(tiny_base_dir), "data.source": "builtin:reverse-words-chat"}
+    )
     before = (trained_repo / "data/prepared/train.jsonl").read_bytes()
     failed = run("dvc", "repro", "prepare", cwd=trained_repo, check=False)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
@@ -156,21 +151,21 @@ def test_chat_data_on_a_base_without_template_is_one_clear_error(trained_repo, b
     assert (trained_repo / "data/prepared/train.jsonl").read_bytes() == before
 
 
-def test_a_template_file_must_live_under_configs(trained_repo, base_copy, tmp_path):
+def test_a_template_file_must_live_under_configs(trained_repo, tiny_base_dir, tmp_path):
     outside = tmp_path / "mine.jinja"
     outside.write_text((chat.BUILTIN_DIR / "chatml.jinja").read_text())
-    set_params(trained_repo, **{"model.base": str(base_copy), "model.chat_template": str(outside)})
+    set_params(trained_repo, **{"model.base": str(tiny_base_dir), "model.chat_template": str(outside)})
     failed = run("dvc", "repro", "prepare", cwd=trained_repo, check=False)
     assert failed.returncode != 0
     assert "is neither a built-in (chatml) nor a .jinja file under configs/chat_templates" in failed.stderr
 
 
-def test_a_template_file_of_the_repo_is_used_and_recorded(trained_repo, base_copy):
+def test_a_template_file_of_the_repo_is_used_and_recorded(trained_repo, tiny_base_dir):
     mine = trained_repo / "configs/chat_templates/mine.jinja"
     mine.write_text((chat.BUILTIN_DIR / "chatml.jinja").read_text().replace("<|im_start|>", "<|im_start|> "))
     set_params(
         trained_repo,
-        **{"model.base": str(base_copy), "model.chat_template": str(mine.relative_to(trained_repo))},
+        **{"model.base": str(tiny_base_dir), "model.chat_template": str(mine.relative_to(trained_repo))},
     )
     run("dvc", "repro", "prepare", cwd=trained_repo)
     assert (trained_repo / "models/base/chat_template.jinja").read_text() == mine.read_text()

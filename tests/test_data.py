@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -128,7 +129,10 @@ def _turns(*pairs):
         ({"messages": _turns(("system", "s"), ("user", "a"))}, ":1: messages: no assistant turn"),
         ({"messages": []}, ":1: messages must be a non-empty list of turns"),
         ({"messages": ["hi"]}, ":1: messages[0]: expected an object with role and content, got str"),
-        ({**CHAT_PC, "completion": _turns(("user", "b"))}, ":1: completion must be exactly one assistant turn"),
+        (
+            {**CHAT_PC, "completion": _turns(("user", "b"))},
+            ":1: completion must be exactly one assistant turn",
+        ),
         ({**CHAT_PC, "prompt": "reverse: red cat"}, ":1: prompt must be a non-empty list of turns"),
     ],
 )
@@ -142,7 +146,11 @@ def test_bad_conversations_name_file_line_and_turn(tmp_path, row, message):
 @pytest.mark.parametrize(
     ("first", "second", "message"),
     [
-        (CHAT, {"prompt": "a", "completion": "b"}, ":2: missing field 'messages' (mixed formats: this row is "),
+        (
+            CHAT,
+            {"prompt": "a", "completion": "b"},
+            ":2: missing field 'messages' (mixed formats: this row is ",
+        ),
         ({"prompt": "a", "completion": "b"}, CHAT_PC, ":2: mixed formats: this row is conversational"),
         (CHAT_PC, CHAT, ":2: missing field 'prompt' (mixed formats: this row is messages"),
     ],
@@ -160,3 +168,55 @@ def test_builtin_chat_task_is_the_same_task_as_messages():
         user, reply = conversation["messages"]
         assert user == {"role": "user", "content": row["prompt"].removesuffix(" =>")}
         assert reply == {"role": "assistant", "content": row["completion"].strip()}
+
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """A datasets cache holding `acme/chats` at COMMIT, laid out as an online load leaves it."""
+    from datasets import load_dataset_builder
+
+    rows = tmp_path / "chats.jsonl"
+    rows.write_text("".join(json.dumps(row) + "\n" for row in tasks.generate_chat("reverse", 40, 0)))
+    builder = load_dataset_builder("json", data_files={"train": str(rows)}, cache_dir=str(tmp_path / "build"))
+    builder.download_and_prepare()
+    entry = tmp_path / "cache" / "acme___chats" / "default" / "0.0.0" / COMMIT
+    shutil.copytree(builder.cache_dir, entry)
+    (entry / "json-train.arrow").rename(entry / "chats-train.arrow")
+    info = json.loads((entry / "dataset_info.json").read_text())
+    (entry / "dataset_info.json").write_text(json.dumps({**info, "config_name": "default"}))
+    return tmp_path / "cache"
+
+
+def test_a_hub_dataset_is_prepared_offline_and_pinned(trained_repo, tiny_base_dir, hub_cache):
+    offline = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(hub_cache)}
+    set_params(
+        trained_repo,
+        **{"model.base": str(tiny_base_dir), "model.chat_template": "chatml"},
+        **{"data.source": "hub:acme/chats", "data.revision": COMMIT, "data.split": "train"},
+    )
+    run("dvc", "repro", "prepare", cwd=trained_repo, env=offline)
+    origin = json.loads((trained_repo / "data/prepared/origin.json").read_text())
+    assert origin == {
+        "source": "hub:acme/chats",
+        "revision": COMMIT,
+        "commit": COMMIT,
+        "config": None,
+        "split": "train",
+    }
+    prepared = [
+        json.loads(line) for s in data.SPLITS for line in (trained_repo / f"data/prepared/{s}.jsonl").open()
+    ]
+    assert len(prepared) == 40 and all("messages" in row for row in prepared)
+
+    set_params(trained_repo, **{"data.revision": "f" * 40})
+    failed = run("dvc", "repro", "prepare", cwd=trained_repo, env=offline, check=False)
+    assert (
+        f"error: data.revision: acme/chats resolved to {COMMIT}, not the pinned {'f' * 40}" in failed.stderr
+    )
+    set_params(trained_repo, **{"data.revision": COMMIT, "data.split": "test"})
+    failed = run("dvc", "repro", "prepare", cwd=trained_repo, env=offline, check=False)
+    assert "error: data.split: acme/chats has no split 'test' (it has train)" in failed.stderr
+    assert json.loads((trained_repo / "data/prepared/origin.json").read_text())["commit"] == COMMIT

@@ -27,7 +27,7 @@ from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_D
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES
 from tuneledger.params import Params
 from tuneledger.progress import say
-from tuneledger.publication import Publication
+from tuneledger.publication import Publication, staged_path
 from tuneledger.stages import stage_entry
 
 
@@ -73,8 +73,10 @@ def run(params: Params) -> dict:
         "resumed_from": str(resume) if resume else None,
         "config_id": config,
     }
+    adapter = outputs.staged_dir(ADAPTER_DIR) if primary else staged_path(ADAPTER_DIR)
+    trainer.save_model(str(adapter))  # every rank: under FSDP the full adapter is gathered from the shards
     if primary:
-        _publish(trainer, live, summary, outputs)
+        _publish(adapter, live, summary, outputs)
     return summary
 
 
@@ -273,11 +275,9 @@ def _write_canonical_config(adapter_dir) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _publish(trainer, live, summary: dict, outputs: Publication) -> None:
+def _publish(staged, live, summary: dict, outputs: Publication) -> None:
     """Put the adapter and the logs into place together, only now that training has succeeded."""
-    staged = outputs.staged_dir(ADAPTER_DIR)
-    trainer.model.save_pretrained(str(staged))
-    for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # PEFT adds a README we do not ship
+    for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # tokenizer, README, a pickled args file
         os.remove(staged / extra)
     _write_canonical_config(staged)
     live.end()
