@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import signal
 
 import pytest
 import torch
@@ -10,6 +12,8 @@ import torch
 from conftest import read_json, run, set_params
 from test_chat import inside
 from tuneledger.errors import TuneLedgerError
+from tuneledger.faults import FAULT_VARIABLE
+from tuneledger.hashing import sha256_file
 from tuneledger.params import load_params
 
 
@@ -90,3 +94,25 @@ def test_step_controls_reach_the_trainer(trained_repo):
     assert not (trained_repo / "results/train/plots/metrics/train/train_runtime.tsv").exists()
     logged = {p.stem for p in (trained_repo / "results/train/plots/metrics/eval").glob("*.tsv")}
     assert "loss" in logged and not logged & {"runtime", "samples_per_second", "steps_per_second"}
+
+
+def test_a_kill_after_a_mid_epoch_checkpoint_resumes_byte_identical(trained_repo):
+    """60 steps an epoch, a checkpoint every 20: killed right after sealing step 20, resumed from it."""
+    adapter = trained_repo / "models/adapter/adapter_model.safetensors"
+    set_params(trained_repo, **{"train.max_steps": 50, "train.save_steps": 20, "train.eval_steps": 25})
+    run("python", "-m", "tuneledger.stages.train", cwd=trained_repo)
+    reference = sha256_file(adapter)
+    shutil.rmtree(trained_repo / "models/checkpoints")
+    killed = run(
+        "python",
+        "-m",
+        "tuneledger.stages.train",
+        cwd=trained_repo,
+        check=False,
+        env={FAULT_VARIABLE: "train:sealed:20"},
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert sha256_file(adapter) == reference  # the earlier adapter is untouched by the killed run
+    resumed = run("python", "-m", "tuneledger.stages.train", cwd=trained_repo)
+    assert "resuming from models/checkpoints/checkpoint-20" in resumed.stderr
+    assert sha256_file(adapter) == reference

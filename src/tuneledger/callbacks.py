@@ -10,6 +10,7 @@ from dvclive import Live
 from transformers import TrainerCallback
 
 from tuneledger import checkpoints
+from tuneledger.faults import fault_point
 from tuneledger.progress import progress_bar
 
 # Wall-clock measures differ on every run: logging them would make each reproduction change the
@@ -28,6 +29,7 @@ class SealCheckpoints(TrainerCallback):
             dist.barrier()  # every rank has written its RNG state
         if state.is_world_process_zero:
             checkpoints.seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.config)
+            fault_point(f"train:sealed:{state.global_step}")
 
 
 class ShowProgress(TrainerCallback):
