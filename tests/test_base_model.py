@@ -27,7 +27,7 @@ def fake_hub_cache(root, repo_id: str, model_dir) -> None:
 def test_builtin_base_learnt_the_format(default_run):
     """The built-in base copies in the task format (so the fine-tuning task is visibly new to it)."""
     source = read_json(default_run / "models/base/tuneledger-source.json")
-    assert source == {"id": "builtin:tiny-gpt2", "kind": "builtin", "revision": None}
+    assert source == {"id": "builtin:tiny-gpt2", "kind": "builtin", "revision": None, "chat_template": None}
     config = read_json(default_run / "models/base/config.json")
     assert (config["n_layer"], config["n_head"], config["n_embd"]) == (2, 4, 128)
 
@@ -62,10 +62,13 @@ def test_hub_id_resolves_through_the_offline_cache(default_run, project_copy, tm
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     run("python", "-m", "tuneledger.stages.prepare", cwd=project_copy, env=env)
     source = read_json(project_copy / "models/base/tuneledger-source.json")
-    assert source == {"id": "acme/tiny-gpt2", "kind": "hub", "revision": COMMIT}
+    assert source == {"id": "acme/tiny-gpt2", "kind": "hub", "revision": COMMIT, "chat_template": None}
     _, files = tree_digest(project_copy / "models/base")
     _, original = tree_digest(default_run / "models/base")
     assert files["model.safetensors"] == original["model.safetensors"]
+    # one copy on disk: the snapshot shares the bytes of the hub cache instead of copying them
+    cached = cache / "models--acme--tiny-gpt2" / "snapshots" / COMMIT / "model.safetensors"
+    assert (project_copy / "models/base/model.safetensors").stat().st_ino == cached.stat().st_ino
 
     set_params(project_copy, **{"model.base": "acme/missing"})
     failed = run("python", "-m", "tuneledger.stages.prepare", cwd=project_copy, env=env, check=False)

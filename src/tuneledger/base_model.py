@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -41,8 +42,8 @@ def read_source(base_dir: Path) -> dict:
     return json.loads((base_dir / SOURCE_FILE).read_text())
 
 
-def _copy_weights_dir(src: Path, out: Path, label: str) -> None:
-    """Copy a model directory, keeping safetensors weights and refusing pickle-only checkpoints."""
+def _copy_weights_dir(src: Path, out: Path, label: str, link: bool = False) -> None:
+    """Copy (or hard-link) a model directory, keeping safetensors weights and refusing pickle-only ones."""
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and not _is_hidden(p.relative_to(src))]
     if not any(p.suffix == ".safetensors" for p in files):
         pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
@@ -57,7 +58,19 @@ def _copy_weights_dir(src: Path, out: Path, label: str) -> None:
             continue  # never carry pickles forward: they can run code when loaded
         target = out / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        if not (link and _hard_link(path, target)):
+            shutil.copyfile(path, target)
+
+
+def _hard_link(source: Path, target: Path) -> bool:
+    """Share the bytes of a file in the Hugging Face cache instead of copying them (False: not possible,
+    e.g. across filesystems). Only for the hub cache, never for a user's own directory: DVC may make a
+    linked file read-only, and an edit of the source in place would then change the snapshot too."""
+    try:
+        os.link(source.resolve(), target)
+        return True
+    except OSError:
+        return False
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -77,7 +90,7 @@ def _download_from_hub(model: ModelParams, out: Path) -> str:
             f"model.base: base model {model.base!r} not found: not a local directory, and the hub "
             f"could not provide it ({reason}); check the id, model.revision, network or HF_HUB_OFFLINE"
         ) from None
-    _copy_weights_dir(Path(folder), out, model.base)
+    _copy_weights_dir(Path(folder), out, model.base, link=True)  # one copy on disk: the hub cache's
     return Path(folder).name  # snapshots/<commit>: the exact revision that was resolved
 
 
