@@ -71,7 +71,7 @@ def fetch_script() -> str:
 
 def test_deploy_fetches_the_version_the_tag_names():
     script = fetch_script()
-    assert 'gto check-ref "$GITHUB_REF_NAME"' in script
+    assert 'version=$(gto check-ref "$GITHUB_REF_NAME" --version)' in script
     assert 'tuneledger fetch --name "$name" --version "$version"' in script
     assert "--stage" not in script
 
