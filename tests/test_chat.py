@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 
 import pytest
 
-from conftest import make_repo, read_json, run, set_params
+from conftest import copy_repo, read_json, run, set_params
 from tuneledger import chat
 from tuneledger.params import load_params
 
@@ -25,10 +26,15 @@ MULTI_TURN = {
 
 
 @pytest.fixture(scope="session")
-def chat_run(tmp_path_factory):
-    """The template with the built-in chat task and ChatML, after `dvc repro` (read-only for tests)."""
-    repo = make_repo(tmp_path_factory.mktemp("chat") / "repo")
-    set_params(repo, **CHAT_PARAMS)
+def chat_run(default_run, tmp_path_factory):
+    """The built-in chat task with ChatML on the tiny base, after `dvc repro` (read-only for tests).
+
+    The default run's base is used as a local directory, so it is not built a second time.
+    """
+    root = tmp_path_factory.mktemp("chat")
+    base = shutil.copytree(default_run / "models/base", root / "tiny-base")
+    repo = copy_repo(default_run, root / "repo")
+    set_params(repo, **CHAT_PARAMS, **{"model.base": str(base)})
     run("dvc", "repro", cwd=repo)
     return repo
 
@@ -97,7 +103,8 @@ def test_the_package_carries_the_template_and_its_end_of_turn(chat_run):
     manifest = read_json(chat_run / "models/export.manifest.json")
     assert chat.TEMPLATE_FILE in manifest["files"]
     assert read_json(package / "signature.json")["inputs"]["messages"]["type"] == "messages"
-    assert read_json(package / "adapter_config.json")["base_model_name_or_path"] == "builtin:tiny-gpt2"
+    base = read_json(chat_run / "models/base/tuneledger-source.json")["id"]
+    assert read_json(package / "adapter_config.json")["base_model_name_or_path"] == base  # as given
 
 
 def test_plain_transformers_generate_stops_at_the_end_of_turn(chat_run):

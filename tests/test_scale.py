@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import copy_repo, read_json, run, set_params
+from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.package.safetensors_io import tensor_shapes
 
 
@@ -122,3 +123,47 @@ def test_unknown_targets_name_what_the_model_has(project_copy, tiny_llama):
         "lora.target_modules: ['c_attn'] not in the base model (it has down_proj, gate_proj, k_proj"
         in failed.stderr
     )
+
+
+FSDP = "accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml"
+
+
+def test_fsdp_with_two_cpu_processes_writes_one_whole_adapter(trained_repo):
+    """FSDP v2 through the same stage: sharded while training, one complete adapter from rank 0,
+    loadable by plain peft; a kill after a checkpoint resumes; the sharding is in the configuration."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    single = tensor_shapes(trained_repo / "models/adapter/adapter_model.safetensors")
+    set_params(trained_repo, **{"train.launcher": FSDP, "train.max_steps": 20, "train.save_steps": 10})
+    killed = run(
+        "dvc", "repro", "train", cwd=trained_repo, check=False, env={FAULT_VARIABLE: "train:sealed:10"}
+    )
+    assert killed.returncode != 0
+    seal = read_json(trained_repo / "models/checkpoints/checkpoint-10/tuneledger-seal.json")
+    done = run("dvc", "repro", "train", cwd=trained_repo)
+    log = done.stdout + done.stderr
+    assert "resuming from models/checkpoints/checkpoint-10" in log and log.count("world size 2") == 1
+    summary = read_json(trained_repo / "results/train/summary.json")
+    assert summary["world_size"] == 2 and summary["steps"] == 20 and summary["sharding"].startswith("fsdp2")
+    assert summary["config_id"] == seal["config_id"]
+    adapter = trained_repo / "models/adapter/adapter_model.safetensors"
+    assert tensor_shapes(adapter) == single  # the whole adapter, not one rank's shard
+    base = AutoModelForCausalLM.from_pretrained(trained_repo / "models/base", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, trained_repo / "models/adapter")
+    assert not any(torch.count_nonzero(p) == 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_sharding_and_world_size_are_part_of_the_training_configuration(default_run, monkeypatch):
+    from test_chat import inside
+    from tuneledger.params import load_params
+    from tuneledger.stages import train
+
+    params = load_params(default_run / "params.yaml")
+    with inside(default_run):
+        plain = train.config_id(params)
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+        monkeypatch.setenv("FSDP_VERSION", "2")
+        sharded = train.config_id(params)
+    assert plain != sharded and train.sharding() == "fsdp2"
