@@ -1,16 +1,24 @@
-"""Loading a version package for inference: verify every byte first, never unpickle, one device."""
+"""Loading a version package for inference: verify every byte first, never unpickle, one device.
+
+What is loaded is a private copy of the package and of its base, hashed after copying (see
+verify.verified_copy): a file swapped after the check is never the file that gets loaded.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from tuneledger import modeling
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for
+from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.safetensors_io import read_header
-from tuneledger.package.verify import verify
+from tuneledger.package.verify import copy_private, private_directory, verified_copy
 
 
 def base_candidates(package: Path, explicit: Path | None) -> list[Path]:
@@ -21,21 +29,66 @@ def base_candidates(package: Path, explicit: Path | None) -> list[Path]:
     return [base_path_for(package), BASE_DIR]
 
 
-def find_base(package: Path, meta: dict, explicit: Path | None = None) -> Path:
-    """A base model directory whose SHA-256 digest equals the one the package was trained on."""
+@contextlib.contextmanager
+def verified_base(package: Path, meta: dict, explicit: Path | None = None) -> Iterator[Path]:
+    """A private copy of the base model whose SHA-256 digest equals the one the package was
+    trained on. Symlinks are followed (DVC may link its cache into models/base); the copy holds
+    their bytes, and it is the copy that is hashed and loaded."""
     expected = meta["base_model"]["sha256"]
     tried = []
     for candidate in base_candidates(package, explicit):
         if not candidate.is_dir():
             tried.append(f"{candidate} (missing)")
             continue
-        digest, _ = tree_digest(candidate)
-        if digest == expected:
-            return candidate
-        tried.append(f"{candidate} (sha256 {digest[:12]}…, a different base)")
+        with private_directory("tuneledger-base-") as holder:
+            copy = holder / "base"
+            skipped = copy_private(candidate, copy, follow_symlinks=True)
+            digest, _ = tree_digest(copy)
+            if digest == expected and not skipped:
+                yield copy
+                return
+        if skipped:
+            tried.append(f"{candidate} ({skipped[0][0]} is {skipped[0][1]})")
+        else:
+            tried.append(f"{candidate} (sha256 {digest[:12]}…, a different base)")
     raise TuneLedgerError(
         f"base model {meta['base_model']['id']!r} (sha256 {expected[:12]}…) not found: tried "
         f"{'; '.join(tried)}; pass --base DIR, run `dvc pull models/base`, or `tuneledger fetch --with-base`"
+    )
+
+
+def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:  # no git: nothing committed to compare with
+        return None
+
+
+def committed_manifest_warning(manifest_file: Path) -> str | None:
+    """A one-line warning when `manifest_file` is committed in a git repository and the working
+    tree's copy says something else than HEAD's: the package is then checked against a manifest
+    that nobody committed."""
+    manifest_file = Path(manifest_file)
+    if not manifest_file.is_file():
+        return None
+    top = _git("rev-parse", "--show-toplevel", cwd=manifest_file.resolve().parent)
+    if top is None or top.returncode != 0:
+        return None
+    root = Path(top.stdout.strip())
+    relative = manifest_file.resolve().relative_to(root.resolve()).as_posix()
+    committed = _git("show", f"HEAD:{relative}", cwd=root)
+    if committed is None or committed.returncode != 0:
+        return None  # not tracked, or no commit yet: there is no committed manifest to compare with
+    try:
+        working = manifest_format.read(manifest_file)
+        same = manifest_format.parse(committed.stdout, Path(f"HEAD:{relative}")) == working
+    except TuneLedgerError:
+        same = False
+    if same:
+        return None
+    return (
+        f"warning: {manifest_file} differs from the committed HEAD:{relative}; the package is checked "
+        f"against the working-tree manifest: commit it, or restore it with `git checkout HEAD -- {relative}`"
     )
 
 
@@ -47,16 +100,23 @@ def load(
 ):
     """Model and tokenizer of a verified package (merged weights if shipped, else base + adapter)."""
     from peft import PeftModel
+    from rich.markup import escape
+
+    from tuneledger.progress import say
 
     package = Path(path)
-    verify(package, Path(manifest) if manifest else None)  # SHA-256 before anything is deserialized
-    meta = metadata_format.read(package / "metadata.json")
-    tokenizer = modeling.load_tokenizer(package)
-    device = modeling.pick_device(device)
-    if (package / "merged").is_dir():
-        return modeling.load_base(package / "merged", device=device), tokenizer
-    read_header(package / "adapter_model.safetensors")
-    base_dir = find_base(package, meta, Path(base) if base else None)
-    model = modeling.load_base(base_dir, device=device)
-    model = PeftModel.from_pretrained(model, str(package), is_trainable=False)
-    return model.to(device).eval(), tokenizer
+    manifest_file = Path(manifest) if manifest else manifest_format.manifest_path_for(package)
+    warning = committed_manifest_warning(manifest_file)
+    if warning:
+        say(escape(warning))
+    with verified_copy(package, manifest_file) as (checked, _):  # SHA-256 of the very bytes loaded
+        meta = metadata_format.read(checked / "metadata.json")
+        tokenizer = modeling.load_tokenizer(checked)
+        device = modeling.pick_device(device)
+        if (checked / "merged").is_dir():
+            return modeling.load_base(checked / "merged", device=device), tokenizer
+        read_header(checked / "adapter_model.safetensors")
+        with verified_base(package, meta, Path(base) if base else None) as base_dir:
+            model = modeling.load_base(base_dir, device=device)
+        model = PeftModel.from_pretrained(model, str(checked), is_trainable=False)
+        return model.to(device).eval(), tokenizer

@@ -1,23 +1,36 @@
-"""Checking a package against its manifest: every file present, nothing extra, every byte as recorded."""
+"""Checking a package against its manifest: every file present, nothing extra, every byte as recorded.
+
+`verified_copy` is what loading uses: the package is copied into a private directory and the copy
+is hashed, so the bytes that were checked are the bytes that get loaded, whatever happens to the
+package directory in between.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import sha256_files
+from tuneledger.hashing import CHUNK, sha256_files
 from tuneledger.package import manifest as manifest_format
 
 
 @dataclass(frozen=True)
 class Problem:
     path: str
-    kind: str  # "changed", "missing" or "unexpected"
+    kind: str  # "changed", "missing", "unexpected" or "special"
     expected: str | None
     actual: str | None
 
     def __str__(self) -> str:
+        if self.kind == "special":
+            return f"{self.path}: not a regular file ({self.actual}); a package holds only regular files"
         if self.kind == "missing":
             return f"{self.path}: missing (expected sha256 {self.expected})"
         if self.kind == "unexpected":
@@ -37,9 +50,11 @@ def find_problems(
     label = label or str(package)
     present = set(manifest_format.package_files(package))
     expected = {n: e for n, e in manifest.files.items() if only is None or n in only}
-    problems = [
+    special = dict(special_files(package))
+    problems = [Problem(f"{label}/{n}", "special", None, kind) for n, kind in special.items()]
+    problems += [
         Problem(f"{label}/{n}", "missing", expected[n]["sha256"], None)
-        for n in sorted(expected.keys() - present)
+        for n in sorted(expected.keys() - present - special.keys())
     ]
     hashes = sha256_files([package / n for n in sorted(present)])
     for name in sorted(present):
@@ -49,6 +64,22 @@ def find_problems(
         elif actual != expected[name]["sha256"]:
             problems.append(Problem(f"{label}/{name}", "changed", expected[name]["sha256"], actual))
     return problems
+
+
+def _kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
+    return kinds.get(stat.S_IFMT(mode), "a device" if stat.S_ISBLK(mode) else "a special file")
+
+
+def special_files(package: Path) -> list[tuple[str, str]]:
+    """(relative path, kind) of every entry that is neither a directory, a regular file nor a
+    symlink (those are refused on their own): reading a FIFO or a device can block or never end."""
+    found = []
+    for path in sorted(Path(package).rglob("*")):
+        mode = path.lstat().st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            found.append((path.relative_to(package).as_posix(), _kind(mode)))
+    return found
 
 
 class VerificationFailed(TuneLedgerError):
@@ -67,3 +98,79 @@ def verify(package: Path, manifest_file: Path | None = None) -> manifest_format.
     if problems:
         raise VerificationFailed(problems)
     return manifest
+
+
+def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | None:
+    """Copy one file; return the kind of file instead when it is not a regular one.
+
+    The type is checked on the opened descriptor (O_NONBLOCK, so opening a FIFO cannot hang), not
+    on the path: a path checked first could be swapped for a FIFO before it is opened.
+    """
+    mode = os.lstat(source).st_mode
+    if not (stat.S_ISREG(mode) or (follow_symlinks and stat.S_ISLNK(mode))):
+        return "a symlink" if stat.S_ISLNK(mode) else _kind(mode)
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        descriptor = os.open(source, flags)
+    except OSError as exc:
+        raise TuneLedgerError(f"{source}: cannot be read ({exc.strerror}); nothing was loaded") from None
+    with open(descriptor, "rb") as reader:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            return _kind(mode)
+        os.set_blocking(descriptor, True)
+        with open(target, "xb") as writer:
+            shutil.copyfileobj(reader, writer, CHUNK)
+    return None
+
+
+def copy_private(source: Path, target: Path, follow_symlinks: bool = False) -> list[tuple[str, str]]:
+    """Copy the regular files of `source` into the new directory `target`; return the entries
+    that were not copied because they are not regular files, with their kind."""
+    source = Path(source)
+    target.mkdir(mode=0o700)
+    skipped = []
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_dir() and (follow_symlinks or not path.is_symlink()):
+            (target / relative).mkdir(mode=0o700, exist_ok=True)
+            continue
+        (target / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kind = _copy_regular(path, target / relative, follow_symlinks)
+        if kind:
+            skipped.append((relative.as_posix(), kind))
+    return skipped
+
+
+@contextlib.contextmanager
+def private_directory(prefix: str) -> Iterator[Path]:
+    """A new directory only this user can open (mode 0700), removed afterwards."""
+    holder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield holder
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def verified_copy(
+    package: Path, manifest_file: Path | None = None
+) -> Iterator[tuple[Path, manifest_format.Manifest]]:
+    """A private copy of a package that matches its manifest, and the manifest.
+
+    The copy, not the package, is hashed and then loaded: a file swapped in the package after the
+    check changes nothing that is loaded. VerificationFailed (one line per problem) otherwise.
+    """
+    package = Path(package)
+    if not package.is_dir():
+        raise TuneLedgerError(f"{package}: no such package directory; run `dvc repro` or `tuneledger fetch`")
+    manifest = manifest_format.read(manifest_file or manifest_format.manifest_path_for(package))
+    manifest_format.package_files(package)  # symlinks and pickles are refused by name, as by `verify`
+    with private_directory("tuneledger-load-") as holder:
+        copy = holder / package.name
+        skipped = copy_private(package, copy)
+        problems = [Problem(f"{package}/{n}", "special", None, kind) for n, kind in skipped]
+        problems += find_problems(copy, manifest, label=str(package))
+        if problems:
+            raise VerificationFailed(problems)
+        yield copy, manifest
