@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.package.safetensors_io import tensor_shapes
+from tuneledger.package.safetensors_io import read_header, tensor_shapes
+
+if TYPE_CHECKING:  # torch is imported where tensors are read: listing and verifying need no torch
+    import torch
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -61,27 +68,165 @@ def _numel(shape: list[int]) -> int:
     return count
 
 
-def effective_update_norms(package: Path) -> dict[str, float]:
-    """Frobenius norm of each adapted layer's weight update (alpha/r · B·A): comparable across ranks."""
-    import torch
+# --- each layer's weight update, as peft applies it -----------------------------------------
+# The drift check compares two versions of an adapter layer by layer. A layer's update is what the
+# adapter adds to the base weight W at inference:
+#   LoRA:  ΔW = s·B·A, with peft's scaling s = alpha/r, or alpha/√r under rsLoRA (`use_rslora`);
+#   DoRA:  ΔW = m ⊙ (W + s·B·A) / ‖W + s·B·A‖ − W (row-wise norm; m is `lora_magnitude_vector`).
+# DoRA's update needs W. The gate compares two registered packages and does not download the base
+# (gigabytes, and not needed for anything else), so without a base a DoRA layer is compared by
+# its directional part s·B·A and, separately, by the change of its magnitude vector. Given the
+# base directory, the exact DoRA update is compared instead.
 
-    from tuneledger.package.safetensors_io import load_tensors
+PEFT_PREFIX = "base_model.model."  # what peft puts before the base model's own module names
+_MAGNITUDE = re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$")
+
+
+@dataclass(frozen=True)
+class AdaptedLayer:
+    """One adapted layer of a package: LoRA factors (float64), peft's scaling, DoRA's magnitude."""
+
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scaling: float
+    magnitude: torch.Tensor | None = None
+
+    def low_rank_update(self) -> torch.Tensor:
+        """s·B·A (convolution factors flattened to matrices: out × everything else)."""
+        return self.scaling * (self.lora_b.flatten(1) @ self.lora_a.flatten(1))
+
+
+def lora_scaling(config: dict, module: str, rank: int) -> float:
+    """peft's scaling for one layer: alpha/√r under rsLoRA, alpha/r otherwise.
+
+    `rank` comes from the weights themselves (they are what is applied); alpha from the config,
+    per layer when `alpha_pattern` names the layer.
+    """
+    alpha = config.get("lora_alpha", 8)  # peft's LoraConfig default
+    pattern = config.get("alpha_pattern") or {}
+    if pattern:
+        from peft.utils.other import get_pattern_key  # peft's own matching; imported only when needed
+
+        alpha = pattern.get(get_pattern_key(pattern.keys(), module.removeprefix(PEFT_PREFIX)), alpha)
+    alpha = float(alpha)
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def adapted_layers(package: Path) -> dict[str, AdaptedLayer]:
+    """module path → its LoRA factors, scaling and (DoRA) magnitude vector, read with safetensors."""
+    from safetensors import safe_open
 
     package = Path(package)
     config = read_config(package)
-    tensors = load_tensors(package / WEIGHTS)
-    pairs: dict[str, dict[str, object]] = {}
-    for name, tensor in tensors.items():
-        match = _LORA.match(name)
-        if match:
-            pairs.setdefault(match["module"], {})[match["part"]] = tensor
+    path = package / WEIGHTS
+    read_header(path)  # the defensive header checks, before any tensor is read
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as stored:
+        for name in stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+            lora, magnitude = _LORA.match(name), _MAGNITUDE.match(name)
+            if lora:
+                parts.setdefault(lora["module"], {})[lora["part"]] = stored.get_tensor(name).double()
+            elif magnitude:
+                parts.setdefault(magnitude["module"], {})["m"] = stored.get_tensor(name).double()
+    return {
+        module: AdaptedLayer(
+            lora_a=found["A"],
+            lora_b=found["B"],
+            scaling=lora_scaling(config, module, rank=found["A"].shape[0]),
+            magnitude=found.get("m"),
+        )
+        for module, found in parts.items()
+        if "A" in found and "B" in found
+    }
+
+
+def dora_update(layer: AdaptedLayer, base_weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    """DoRA's exact ΔW = m ⊙ V/‖V‖ − W, V = W + s·B·A, norms per output row (as peft computes them)."""
+    import torch
+
+    weight = base_weight.double()
+    weight = (weight.T if fan_in_fan_out else weight).flatten(1)  # Conv1D stores W as in × out
+    directed = weight + layer.low_rank_update()
+    row_norms = torch.linalg.vector_norm(directed, dim=1, keepdim=True)
+    return layer.magnitude.reshape(-1, 1) / row_norms * directed - weight
+
+
+class BaseWeights:
+    """Tensors of a base model directory (one or several safetensors files), read one at a time."""
+
+    def __init__(self, base: Path):
+        from safetensors import safe_open
+
+        self.base = Path(base)
+        self._stack = ExitStack()
+        self._files: dict[str, object] = {}
+        paths = sorted(self.base.glob("*.safetensors"))
+        if not paths:
+            raise TuneLedgerError(f"{self.base}: no *.safetensors weights; is this the base model directory?")
+        for path in paths:
+            read_header(path)
+            handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            self._files.update(dict.fromkeys(handle.keys(), handle))
+
+    def __enter__(self) -> BaseWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def weight_of(self, module: str) -> torch.Tensor:
+        name = module.removeprefix(PEFT_PREFIX) + ".weight"
+        handle = self._files.get(name)
+        if handle is None:
+            raise TuneLedgerError(
+                f"{self.base}: no tensor {name!r} for the DoRA layer {module}; "
+                "is this the base the adapter was trained on?"
+            )
+        return handle.get_tensor(name)
+
+
+def effective_update_norms(package: Path, base: Path | None = None) -> dict[str, float]:
+    """Frobenius norm of each adapted layer's weight update, with peft's real scaling.
+
+    Comparable across ranks and scalings. A DoRA layer's norm is its exact update when `base` is
+    given, and its directional part s·B·A otherwise (see `norm_drift`).
+    """
+    import torch
+
+    package = Path(package)
+    layers = adapted_layers(package)
+    fan_in_fan_out = bool(read_config(package).get("fan_in_fan_out"))
     norms = {}
-    for module, pair in pairs.items():
-        if "A" in pair and "B" in pair:
-            a, b = pair["A"].double(), pair["B"].double()
-            scale = float(config.get("lora_alpha", 1)) / a.shape[0]
-            norms[module] = float(torch.linalg.matrix_norm(b @ a) * scale)
+    with ExitStack() as stack:
+        needs_base = base is not None and any(layer.magnitude is not None for layer in layers.values())
+        base_weights = stack.enter_context(BaseWeights(base)) if needs_base else None
+        for module, layer in sorted(layers.items()):
+            if layer.magnitude is not None and base_weights is not None:
+                update = dora_update(layer, base_weights.weight_of(module), fan_in_fan_out)
+            else:
+                update = layer.low_rank_update()
+            norms[module] = float(torch.linalg.matrix_norm(update))
     return norms
+
+
+def magnitude_changes(candidate: Path, reference: Path) -> dict[str, float]:
+    """‖m_new − m_old‖ / ‖m_old‖ of each DoRA magnitude vector both packages have.
+
+    Both magnitudes start from the base's row norms, so their difference is the difference of what
+    each run learnt; relative to the base's norms it is small unless a magnitude collapsed, blew up
+    or belongs to another base.
+    """
+    import torch
+
+    new, old = adapted_layers(candidate), adapted_layers(reference)
+    changes = {}
+    for module in new.keys() & old.keys():
+        m_new, m_old = new[module].magnitude, old[module].magnitude
+        if m_new is not None and m_old is not None and m_new.shape == m_old.shape:
+            changes[f"{module}.lora_magnitude_vector"] = float(
+                torch.linalg.vector_norm(m_new - m_old) / max(float(torch.linalg.vector_norm(m_old)), 1e-12)
+            )
+    return changes
 
 
 def health_problems(package: Path) -> list[str]:
@@ -100,11 +245,17 @@ def health_problems(package: Path) -> list[str]:
     return problems
 
 
-def norm_drift(candidate: Path, reference: Path) -> tuple[float | None, str | None]:
-    """Largest relative change of a layer's update norm, and which layer; None if nothing to compare."""
-    new, old = effective_update_norms(candidate), effective_update_norms(reference)
-    shared = sorted(new.keys() & old.keys())
-    if not shared:
+def norm_drift(candidate: Path, reference: Path, base: Path | None = None) -> tuple[float | None, str | None]:
+    """Largest relative change of a layer's update norm, and which layer; None if nothing to compare.
+
+    With `base`, DoRA layers are compared by their exact update. Without it, their magnitude
+    vectors are compared too (relative change of the vector), beside their directional part.
+    """
+    new, old = effective_update_norms(candidate, base), effective_update_norms(reference, base)
+    changes = {m: abs(new[m] - old[m]) / max(old[m], 1e-12) for m in new.keys() & old.keys()}
+    if base is None:
+        changes.update(magnitude_changes(candidate, reference))
+    if not changes:
         return None, None
-    worst = max(shared, key=lambda m: abs(new[m] - old[m]) / max(old[m], 1e-12))
-    return abs(new[worst] - old[worst]) / max(old[worst], 1e-12), worst
+    worst = max(sorted(changes), key=changes.__getitem__)
+    return changes[worst], worst
