@@ -27,6 +27,8 @@ SECTIONS = [
     "storage",
     "verify_throughput",
     "shadow",
+    "serving_limits",
+    "shadow_report_scale",
     "kernels",
 ]
 

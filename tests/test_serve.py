@@ -15,9 +15,11 @@ import httpx
 import pytest
 
 from conftest import commit_all, copy_repo, run, set_params
+from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.s3local import free_port
 
 PROMPT = {"prompt": "reverse: red cat sun =>"}
+EXPLODING_PROMPT = "reverse: boom boom boom =>"  # the model raises on it (TUNELEDGER_FAULT)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -52,11 +54,13 @@ def served(registry, tmp_path_factory):
             str(db),
             "--shadow-queue",
             "256",
+            "--log-prompts",
         ],
         cwd=repo,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, FAULT_VARIABLE: f"serve.generate:{EXPLODING_PROMPT}"},
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, proc)
@@ -66,7 +70,7 @@ def served(registry, tmp_path_factory):
 
 
 def post(url: str, body, **kwargs) -> httpx.Response:
-    return httpx.post(f"{url}/generate", json=body, timeout=60, **kwargs)
+    return httpx.post(f"{url}/generate", json=body, timeout=120, **kwargs)
 
 
 def test_answers_from_prod_and_names_the_version(served):
@@ -75,10 +79,13 @@ def test_answers_from_prod_and_names_the_version(served):
     body = reply.json()
     assert body["text"].strip() == "sun cat red"
     assert body["version"] == "v1.0.0" and len(body["content_id"]) == 64 and body["latency_ms"] > 0
+    assert reply.headers["X-TuneLedger-Version"] == "v1.0.0"
+    assert reply.headers["X-TuneLedger-Content-Id"] == body["content_id"]
     health = httpx.get(f"{served['url']}/health").json()
-    assert health == {"status": "ok", "version": "v1.0.0", "content_id": body["content_id"]}
+    assert (health["status"], health["version"], health["content_id"]) == ("ok", "v1.0.0", body["content_id"])
+    assert health["log"]["healthy"] and health["queue"]["capacity"] == 17
     version = httpx.get(f"{served['url']}/version").json()
-    assert version["stage"] == "prod" and version["shadow"]["version"] == "v1.1.0"
+    assert version["stage"] == "prod" and version["shadow"]["stage"] == "staging"
 
 
 def test_binds_to_loopback_only(served):
@@ -117,48 +124,79 @@ def test_oversized_bodies_get_413_and_the_server_lives(served):
     assert post(served["url"], PROMPT).status_code == 200
 
 
+def shadow_report(served, *options: str) -> dict:
+    args = ["tuneledger", "shadow-report", "--db", served["db"], "--json", *options]
+    return json.loads(run(*args, cwd=served["repo"]).stdout)
+
+
+def shadow_on(served, version: str) -> None:
+    """Make sure the shadow runs `version` (another test may have moved staging), and is ready."""
+    repo, url = served["repo"], served["url"]
+    holder = run("tuneledger", "show", "--json", cwd=repo).stdout
+    if not any(row["version"] == version and "staging" in row["stages"] for row in json.loads(holder)):
+        run("tuneledger", "promote", version, "--stage", "staging", "--force", "--reason", "test", cwd=repo)
+        assert httpx.post(f"{url}/admin/reload", json={}, timeout=300).status_code == 200
+    wait_until(lambda: httpx.get(f"{url}/version").json()["shadow"]["state"] == "ready", 300)
+    assert httpx.get(f"{url}/version").json()["shadow"]["version"] == version
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
 def test_eight_clients_64_requests_all_from_prod_and_shadowed(served):
+    shadow_on(served, "v1.1.0")
+    before = shadow_report(served, "--version", "v1.1.0")
     with ThreadPoolExecutor(max_workers=8) as pool:
         replies = list(pool.map(lambda _: post(served["url"], PROMPT), range(64)))
-    assert all(r.status_code == 200 for r in replies)
+    assert [r.status_code for r in replies] == [200] * 64
     assert {r.json()["version"] for r in replies} == {"v1.0.0"}
-    time.sleep(1)
-    report = json.loads(
-        run("tuneledger", "shadow-report", "--db", served["db"], "--json", cwd=served["repo"]).stdout
-    )
-    deadline = time.monotonic() + 60
-    while report["pairs"] + report["drops"] + report["errors"] < 65 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        report = json.loads(
-            run("tuneledger", "shadow-report", "--db", served["db"], "--json", cwd=served["repo"]).stdout
-        )
-    assert report["pairs"] + report["drops"] >= 65  # this test's 64 and the first test's request
+
+    def seen() -> int:
+        after = shadow_report(served, "--version", "v1.1.0")
+        return sum(after[k] - before[k] for k in ("pairs", "drops", "errors"))
+
+    wait_until(lambda: seen() >= 64)
+    report = shadow_report(served, "--version", "v1.1.0")
+    assert report["errors"] == before["errors"] and report["pairs"] > before["pairs"]
     assert report["exact_agreement"] == 1.0 and report["token_agreement"] == 1.0
     assert report["prod_latency_ms"]["p50"] > 0 and report["shadow_latency_ms"]["p95"] > 0
     db = sqlite3.connect(served["db"])
     logged = db.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT version) FROM requests WHERE status = 200"
+        "SELECT COUNT(*), COUNT(DISTINCT version) FROM requests WHERE status = 200 AND path = '/generate' "
+        "AND prompt = ?",
+        [PROMPT["prompt"]],
     ).fetchone()
-    assert logged[0] >= 65 and logged[1] == 1
+    assert logged[0] >= 64 and logged[1] >= 1
     table = run("tuneledger", "shadow-report", "--db", served["db"], cwd=served["repo"]).stdout
     assert "exact_agreement" in table
 
 
 def test_hot_swap_under_load_after_promote_and_rollback(served):
     repo, url = served["repo"], served["url"]
+    assert httpx.get(f"{url}/health").json()["version"] == "v1.0.0"
     stop, seen, failures = threading.Event(), [], []
 
     def client():
-        while not stop.is_set():
-            reply = post(url, PROMPT)
-            (seen if reply.status_code == 200 else failures).append(reply.json().get("version", reply.text))
+        try:
+            while not stop.is_set():
+                reply = post(url, PROMPT)
+                if reply.status_code == 200:
+                    seen.append(reply.json()["version"])
+                else:
+                    failures.append(f"{reply.status_code} {reply.text}")
+        except Exception as exc:  # e.g. a 200 whose body is not JSON: recorded, never swallowed
+            failures.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=client) for _ in range(4)]
     for thread in threads:
         thread.start()
     try:
         run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo)
-        swapped = httpx.post(f"{url}/admin/reload", timeout=120).json()
+        swapped = httpx.post(f"{url}/admin/reload", json={}, timeout=120).json()
         assert swapped["changed"] and swapped["version"] == "v1.1.0"
         time.sleep(0.5)
         run("tuneledger", "rollback", "--stage", "prod", "--reason", "canary regression", cwd=repo)
@@ -181,39 +219,36 @@ def test_hot_swap_under_load_after_promote_and_rollback(served):
     assert events[-2:] == [("swap", "v1.1.0"), ("swap", "v1.0.0")]
 
 
-def test_a_shadow_that_fails_every_request_never_touches_prod(served):
-    """staging moves to a version whose signature refuses every prompt; prod answers regardless."""
-    repo, url = served["repo"], served["url"]
+@pytest.fixture(scope="module")
+def tiny_bound_version(served):
+    """v1.2.0: a candidate whose signature refuses every prompt longer than 5 characters."""
+    repo = served["repo"]
     set_params(repo, **{"export.max_prompt_chars": 5})
     run("dvc", "repro", "export", cwd=repo)
     commit_all(repo, "a candidate with a tiny prompt bound")
     run("tuneledger", "register", "--push", cwd=repo)
-    run(
-        "tuneledger",
-        "promote",
-        "v1.2.0",
-        "--stage",
-        "staging",
-        "--force",
-        "--reason",
-        "shadow drill",
-        cwd=repo,
-    )
-    assert httpx.post(f"{url}/admin/reload", timeout=180).status_code == 200
-    assert httpx.get(f"{url}/version").json()["shadow"]["version"] == "v1.2.0"
-    replies = [post(url, PROMPT) for _ in range(8)]
-    assert all(r.status_code == 200 and r.json()["version"] == "v1.0.0" for r in replies)
-    time.sleep(2)
-    report = json.loads(
-        run(
-            "tuneledger", "shadow-report", "--db", served["db"], "--version", "v1.2.0", "--json", cwd=repo
-        ).stdout
-    )
-    assert report["errors"] == 8 and report["pairs"] == 0
+    return "v1.2.0"
+
+
+def test_a_shadow_that_fails_every_request_never_touches_prod(served, tiny_bound_version):
+    """staging moves to a version whose signature refuses every prompt; prod answers regardless."""
+    repo, url = served["repo"], served["url"]
+    try:
+        shadow_on(served, tiny_bound_version)
+        before = shadow_report(served, "--version", tiny_bound_version)
+        replies = [post(url, PROMPT) for _ in range(8)]
+        assert all(r.status_code == 200 and r.json()["version"] == "v1.0.0" for r in replies)
+        wait_until(
+            lambda: shadow_report(served, "--version", tiny_bound_version)["errors"] >= before["errors"] + 8
+        )
+        report = shadow_report(served, "--version", tiny_bound_version)
+        assert report["errors"] == before["errors"] + 8 and report["pairs"] == 0
+    finally:
+        shadow_on(served, "v1.1.0")
     refused = run(
         "tuneledger",
         "promote",
-        "v1.2.0",
+        tiny_bound_version,
         "--stage",
         "prod",
         "--require-shadow-agreement",
@@ -223,30 +258,52 @@ def test_a_shadow_that_fails_every_request_never_touches_prod(served):
         cwd=repo,
         check=False,
     )
-    assert refused.returncode == 1 and "shadow: no shadow pairs of v1.2.0" in refused.stderr
+    assert refused.returncode == 1 and f"shadow: no shadow pairs of {tiny_bound_version}" in refused.stderr
 
 
 def test_promote_can_require_shadow_agreement(served):
-    repo = served["repo"]
+    shadow_on(served, "v1.1.0")
+    for _ in range(4):
+        assert post(served["url"], PROMPT).status_code == 200
+    wait_until(lambda: shadow_report(served, "--version", "v1.1.0")["pairs"] >= 4)
     done = run(
         "tuneledger",
         "promote",
         "v1.1.0",
         "--stage",
-        "prod",
+        "dev",  # a stage no other test reads
         "--require-shadow-agreement",
         "0.95",
         "--db",
         served["db"],
-        cwd=repo,
+        cwd=served["repo"],
     )
     assert "shadow" in done.stdout and "exact agreement 100.0%" in done.stdout
 
 
 def test_served_versions_are_in_history(served):
     rows = json.loads(run("tuneledger", "history", "--json", "--db", served["db"], cwd=served["repo"]).stdout)
-    swaps = [r for r in rows if r["event"] == "serve swap"]
-    assert [r["version"] for r in swaps][:2] == ["v1.0.0", "v1.1.0"]  # newest first
+    started = {(r["event"], r["version"]) for r in rows if r["event"] in ("serve start", "shadow start")}
+    assert ("serve start", "v1.0.0") in started and any(e == "shadow start" for e, _ in started)
+
+
+def test_refused_and_failed_requests_are_logged_with_their_status(served):
+    url = served["url"]
+    assert post(url, {"prompt": 5}).status_code == 422
+    assert post(url, {"prompt": "x" * 1_000_000}).status_code == 413
+    failed = post(url, {"prompt": EXPLODING_PROMPT})
+    assert failed.status_code == 500 and failed.json() == {"detail": "internal error; see the server log"}
+    assert httpx.post(f"{url}/generate", content=b"prompt=x", timeout=10).status_code == 415
+    assert post(url, PROMPT).status_code == 200  # the server lives on
+
+    def statuses() -> set[int]:
+        db = sqlite3.connect(served["db"])
+        return {status for (status,) in db.execute("SELECT status FROM requests WHERE path = '/generate'")}
+
+    wait_until(lambda: {200, 413, 415, 422, 500} <= statuses(), 30)
+    db = sqlite3.connect(served["db"])
+    error = db.execute("SELECT error FROM requests WHERE status = 500").fetchone()[0]
+    assert "injected failure" in error
 
 
 @pytest.fixture(autouse=True)

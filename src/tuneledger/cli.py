@@ -60,7 +60,14 @@ def verify(
 @friendly_errors
 def generate(
     package: Annotated[Path, typer.Argument(help="Package directory.")],
-    prompt: Annotated[str, typer.Argument(help="Prompt text.")],
+    prompt: Annotated[str | None, typer.Argument(help="Prompt text (or use --messages).")] = None,
+    messages: Annotated[
+        str | None,
+        typer.Option(
+            help="A chat package's conversation: a JSON file holding a list of {role, content} turns "
+            "(or an object with `messages`), or - for stdin. The chat template renders it."
+        ),
+    ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Default from signature.json.")] = None,
     temperature: Annotated[float | None, typer.Option(help="0 for greedy decoding.")] = None,
     base: Annotated[
@@ -68,12 +75,38 @@ def generate(
     ] = None,
     device: Annotated[str | None, typer.Option(help="e.g. cpu or cuda:0 (default: best available).")] = None,
 ) -> None:
-    """Answer one prompt with a verified package, within its signature."""
+    """Answer one prompt (or one conversation) with a verified package, within its signature."""
     from tuneledger.predict import Predictor
 
+    if (prompt is None) == (messages is None):
+        raise TuneLedgerError("generate: give a PROMPT or --messages FILE.json (one of them)")
+    conversation = _read_messages(messages) if messages is not None else None
     predictor = Predictor.open(package, base=base, device=device)
     params = {"max_new_tokens": max_new_tokens, "temperature": temperature}
-    typer.echo(predictor.predict(prompt, {k: v for k, v in params.items() if v is not None}))
+    params = {k: v for k, v in params.items() if v is not None}
+    if conversation is not None:
+        typer.echo(predictor.chat(conversation, params))
+    else:
+        typer.echo(predictor.predict(prompt, params))
+
+
+def _read_messages(source: str) -> list:
+    """The conversation given to `generate --messages`: a JSON list of turns, or {"messages": [...]}."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        body = json.loads(text)
+    except OSError as exc:
+        raise TuneLedgerError(f"--messages {name}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TuneLedgerError(
+            f"--messages {name}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
+        ) from None
+    if isinstance(body, dict) and "messages" in body:
+        body = body["messages"]
+    if not isinstance(body, list):
+        raise TuneLedgerError(f"--messages {name}: expected a list of {{role, content}} turns")
+    return body
 
 
 @app.command()
@@ -303,26 +336,83 @@ def serve(
     name: NameOption = "lora-adapter",
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNELEDGER_API_KEY",
+            show_envvar=True,
+            help="Bearer token required on every route but /health. Prefer the environment variable: "
+            "a command line is visible to other users of the machine.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")
+    ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also accept this Host header (repeatable; * accepts any).", show_default=False),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let web pages from this origin call the API (repeatable).", show_default=False),
+    ] = None,
     db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
     cache: Annotated[Path | None, typer.Option(help="Where fetched versions are kept.")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 64 * 1024,
+    max_queue: Annotated[
+        int, typer.Option(help="Requests that may wait for the model; beyond, 503 with Retry-After.")
+    ] = 16,
+    request_timeout: Annotated[
+        float, typer.Option(help="Seconds from admission to the answer; then 504 and the model stops.")
+    ] = 60.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds to receive a request body; then 408.")] = 10.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds to receive a request's headers; then the connection closes.")
+    ] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections before 503 at once.")] = 256,
     shadow_queue: Annotated[int, typer.Option(help="Pending shadow requests before drops.")] = 64,
+    log_prompts: Annotated[
+        bool,
+        typer.Option(
+            "--log-prompts", help="Store raw prompts and outputs in the log (default: SHA-256 and length)."
+        ),
+    ] = False,
+    log_retention_days: Annotated[
+        float | None, typer.Option(help="Delete request and shadow rows older than this (default: keep).")
+    ] = None,
+    log_queue: Annotated[
+        int, typer.Option(help="Log rows held in memory before new ones are dropped.")
+    ] = 10_000,
 ) -> None:
     """Serve STAGE's verified version over HTTP; POST /admin/reload or SIGHUP picks up a new one."""
-    from tuneledger.serve import log
     from tuneledger.serve.app import serve as run_server
-    from tuneledger.serve.deployment import DEFAULT_CACHE
+    from tuneledger.serve.config import ServeConfig
 
+    defaults = ServeConfig()
     run_server(
-        name,
-        stage,
-        shadow,
-        host,
-        port,
-        db or log.DEFAULT_DB,
-        cache or DEFAULT_CACHE,
-        max_body=max_body_bytes,
-        shadow_queue=shadow_queue,
+        ServeConfig(
+            name=name,
+            stage=stage,
+            shadow=shadow,
+            cache=cache or defaults.cache,
+            shadow_queue=shadow_queue,
+            host=host,
+            port=port,
+            api_key=api_key or None,
+            insecure=insecure,
+            allowed_hosts=tuple(allowed_host or ()),
+            allow_origins=tuple(allow_origin or ()),
+            max_body=max_body_bytes,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+            body_timeout=body_timeout,
+            header_timeout=header_timeout,
+            max_connections=max_connections,
+            db=db or defaults.db,
+            log_prompts=log_prompts,
+            log_queue=log_queue,
+            log_retention_days=log_retention_days,
+        )
     )
 
 
@@ -331,12 +421,18 @@ def serve(
 def shadow_report(
     db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
     version: Annotated[str | None, typer.Option(help="Only pairs of this shadow version.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only pairs from this time on: a duration back (90m, 24h, 7d) or 2025-01-31T12:00."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Agreement of the shadow with prod, latency of both sides, errors and drops."""
     from tuneledger.serve import log
 
-    report = log.shadow_report(db or log.DEFAULT_DB, version)
+    report = log.shadow_report(db or log.DEFAULT_DB, version, log.parse_since(since) if since else None)
     if as_json:
         _print_json(report)
         return

@@ -1,5 +1,9 @@
 """signature.json: what a version accepts and returns. Requests are checked against it before
-any model work, and a candidate must accept everything the version it replaces accepted."""
+any model work, and a candidate must accept everything the version it replaces accepted.
+
+A request gives one input: `prompt` (plain text; /generate and /v1/completions) or, for a chat
+package, `messages` (a conversation that the package's chat template renders; /v1/chat/completions).
+"""
 
 from __future__ import annotations
 
@@ -11,21 +15,42 @@ from tuneledger.errors import TuneLedgerError
 
 SCHEMA_VERSION = 1
 _TYPES = {"string": str, "integer": int, "number": (int, float)}
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_TURNS = 64
+MAX_SEED = 2**63 - 1
 
 
 def build(
-    max_prompt_chars: int, max_prompt_tokens: int, max_new_tokens: int, default_new_tokens: int
+    max_prompt_chars: int,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    default_new_tokens: int,
+    conversational: bool = False,
 ) -> dict:
+    inputs: dict[str, dict] = {
+        "prompt": {
+            "type": "string",
+            "min_length": 1,
+            "max_length": max_prompt_chars,
+            "max_tokens": max_prompt_tokens,
+        },
+    }
+    if conversational:
+        inputs["messages"] = {
+            "type": "messages",
+            "required": False,  # an alternative to `prompt`, taken by the chat route
+            "items": {
+                "role": {"type": "string", "enum": list(CHAT_ROLES)},
+                "content": {"type": "string"},
+            },
+            "min_items": 1,
+            "max_items": MAX_TURNS,
+            "max_length": max_prompt_chars,  # all turns' content together, in characters
+            "max_tokens": max_prompt_tokens,  # the conversation as the chat template renders it
+        }
     return {
         "schema_version": SCHEMA_VERSION,
-        "inputs": {
-            "prompt": {
-                "type": "string",
-                "min_length": 1,
-                "max_length": max_prompt_chars,
-                "max_tokens": max_prompt_tokens,
-            },
-        },
+        "inputs": inputs,
         "params": {
             "max_new_tokens": {
                 "type": "integer",
@@ -34,6 +59,8 @@ def build(
                 "default": min(default_new_tokens, max_new_tokens),
             },
             "temperature": {"type": "number", "minimum": 0.0, "maximum": 2.0, "default": 0.0},
+            "top_p": {"type": "number", "minimum": 0.0, "maximum": 1.0, "default": 1.0},
+            "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "default": None},
         },
         "outputs": {"text": {"type": "string"}},
     }
@@ -71,6 +98,8 @@ def _check_value(name: str, spec: dict, value: Any) -> None:
             raise SignatureViolation(
                 name, f"must have at most {spec['max_length']} characters, got {len(value)}"
             )
+        if "enum" in spec and value not in spec["enum"]:
+            raise SignatureViolation(name, f"must be one of {', '.join(spec['enum'])}, got {value!r}")
         return
     if not spec.get("minimum", value) <= value <= spec.get("maximum", value):
         raise SignatureViolation(
@@ -78,9 +107,8 @@ def _check_value(name: str, spec: dict, value: Any) -> None:
         )
 
 
-def check_request(signature: dict, prompt: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Validate a request; return the generation params with defaults filled in."""
-    _check_value("prompt", signature["inputs"]["prompt"], prompt)
+def check_params(signature: dict, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate generation params; return all of them with defaults filled in (None: unset)."""
     allowed = signature["params"]
     for name in params:
         if name not in allowed:
@@ -90,15 +118,69 @@ def check_request(signature: dict, prompt: Any, params: dict[str, Any]) -> dict[
         value = params.get(name)
         if value is None:
             value = spec["default"]
-        _check_value(name, spec, value)
+        if value is not None:
+            _check_value(name, spec, value)
         resolved[name] = value
     return resolved
 
 
-def check_prompt_tokens(signature: dict, count: int) -> None:
-    limit = signature["inputs"]["prompt"].get("max_tokens")
+def check_request(signature: dict, prompt: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate a prompt request; return the generation params with defaults filled in."""
+    _check_value("prompt", signature["inputs"]["prompt"], prompt)
+    return check_params(signature, params)
+
+
+def check_messages(signature: dict, messages: Any) -> None:
+    """Validate a conversation against `inputs.messages` (the field named as in `messages.2.role`)."""
+    spec = signature["inputs"].get("messages")
+    if spec is None:
+        raise SignatureViolation("messages", "this version is not a chat model; send `prompt` instead")
+    if not isinstance(messages, list):
+        raise SignatureViolation("messages", f"must be a list of turns, got {type(messages).__name__}")
+    if not spec["min_items"] <= len(messages) <= spec["max_items"]:
+        raise SignatureViolation(
+            "messages", f"must have {spec['min_items']} to {spec['max_items']} turns, got {len(messages)}"
+        )
+    for index, turn in enumerate(messages):
+        if not isinstance(turn, dict) or set(turn) != set(spec["items"]):
+            raise SignatureViolation(
+                f"messages.{index}", f"must be an object with {' and '.join(spec['items'])}"
+            )
+        for key, item_spec in spec["items"].items():
+            _check_value(f"messages.{index}.{key}", item_spec, turn[key])
+    total = sum(len(turn["content"]) for turn in messages)
+    if total > spec["max_length"]:
+        raise SignatureViolation(
+            "messages", f"must have at most {spec['max_length']} characters of content, got {total}"
+        )
+
+
+def check_prompt_tokens(signature: dict, count: int, field: str = "prompt") -> None:
+    limit = signature["inputs"][field].get("max_tokens")
     if limit is not None and count > limit:
-        raise SignatureViolation("prompt", f"must have at most {limit} tokens, got {count}")
+        raise SignatureViolation(field, f"must have at most {limit} tokens, got {count}")
+
+
+def _narrowed(where: str, old: dict, new: dict) -> list[str]:
+    problems = []
+    if new.get("type") != old.get("type"):
+        problems.append(f"{where}: type {old.get('type')} → {new.get('type')}")
+    for key in ("minimum", "min_length", "min_items"):
+        if key in old and new.get(key, old[key]) > old[key]:
+            problems.append(f"{where}: {key} raised {old[key]} → {new[key]}")
+    for key in ("maximum", "max_length", "max_tokens", "max_items"):
+        if key in old and new.get(key, old[key]) < old[key]:
+            problems.append(f"{where}: {key} lowered {old[key]} → {new[key]}")
+    if "enum" in old and not set(old["enum"]) <= set(new.get("enum", old["enum"])):
+        dropped = sorted(set(old["enum"]) - set(new["enum"]))
+        problems.append(f"{where}: no longer accepts {', '.join(dropped)}")
+    for key, old_item in old.get("items", {}).items():
+        new_item = new.get("items", {}).get(key)
+        if new_item is None:
+            problems.append(f"{where}.{key}: removed")
+        else:
+            problems += _narrowed(f"{where}.{key}", old_item, new_item)
+    return problems
 
 
 def incompatibilities(current: dict, candidate: dict) -> list[str]:
@@ -109,19 +191,14 @@ def incompatibilities(current: dict, candidate: dict) -> list[str]:
             new = candidate.get(section, {}).get(name)
             if new is None:
                 problems.append(f"{section}.{name}: removed")
-                continue
-            if new["type"] != old["type"]:
-                problems.append(f"{section}.{name}: type {old['type']} → {new['type']}")
-            for key in ("minimum", "min_length"):
-                if key in old and new.get(key, old[key]) > old[key]:
-                    problems.append(f"{section}.{name}: {key} raised {old[key]} → {new[key]}")
-            for key in ("maximum", "max_length", "max_tokens"):
-                if key in old and new.get(key, old[key]) < old[key]:
-                    problems.append(f"{section}.{name}: {key} lowered {old[key]} → {new[key]}")
+            else:
+                problems += _narrowed(f"{section}.{name}", old, new)
         for name, new in candidate.get(section, {}).items():
-            if name not in current.get(section, {}) and section == "inputs":
+            if name in current.get(section, {}):
+                continue
+            if section == "inputs" and new.get("required", True):
                 problems.append(f"inputs.{name}: new required input")
-            elif name not in current.get(section, {}) and "default" not in new:
+            elif section == "params" and "default" not in new:
                 problems.append(f"params.{name}: new parameter without a default")
     for name, old in current.get("outputs", {}).items():
         new = candidate.get("outputs", {}).get(name)

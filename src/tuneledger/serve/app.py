@@ -1,27 +1,40 @@
-"""The HTTP API: answers from the stage's version, proves provenance, hot-swaps on reload."""
+"""The HTTP API: answers from the stage's version, proves provenance, hot-swaps on reload.
+
+Routes: POST /generate (native), the OpenAI-compatible /v1 routes, GET /health, GET /version
+and POST /admin/reload. Every answer names its version and content id (body and X-TuneLedger-*
+headers). Around the routes, outermost first: the request log (every status), the host check,
+the cross-origin check (and CORS for --allow-origin), the bearer key, and JSON-only POSTs.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import signal
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import JSONResponse
 
 from tuneledger.package.signature import SignatureViolation
 from tuneledger.progress import say
 from tuneledger.serve import log
-from tuneledger.serve.deployment import DEFAULT_CACHE, Deployment, current_version, deploy
-from tuneledger.serve.shadow import ShadowRunner
-
-MAX_BODY_BYTES = 64 * 1024
+from tuneledger.serve.config import ServeConfig
+from tuneledger.serve.errors import RequestRefused, from_signature, note, render
+from tuneledger.serve.guards import (
+    RequestLog,
+    RequireBearer,
+    RequireJson,
+    SameOriginOnly,
+    header_deadline_protocol,
+)
+from tuneledger.serve.openai.api_router import build_router
+from tuneledger.serve.openai.serving import OpenAIServing
+from tuneledger.serve.server import Server
 
 
 class GenerateRequest(BaseModel):
@@ -29,140 +42,52 @@ class GenerateRequest(BaseModel):
     prompt: str
     max_new_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
 
 
-class Server:
-    """The live prod deployment, an optional shadow, and the serving log."""
+def native_router(server: Server) -> APIRouter:
+    router = APIRouter()
 
-    def __init__(
-        self,
-        name: str,
-        stage: str,
-        shadow_stage: str | None = None,
-        cache: Path = DEFAULT_CACHE,
-        db_path: Path = log.DEFAULT_DB,
-        shadow_queue: int = 64,
-    ):
-        self.name, self.stage, self.shadow_stage, self.cache, self.db_path = (
-            name,
-            stage,
-            shadow_stage,
-            cache,
-            db_path,
-        )
-        self.writer = log.LogWriter(db_path)
-        self.swap_lock = threading.Lock()
-        self.current: Deployment = deploy(name, stage, cache)
-        self._record("start", "prod", self.current.stage, self.current.version, self.current.content_id)
-        self.shadow = (
-            ShadowRunner(name, shadow_stage, cache, db_path, self.writer, shadow_queue)
-            if shadow_stage
-            else None
-        )
-        if self.shadow:
-            self._record("start", "shadow", shadow_stage, self.shadow.version, self.shadow.content_id)
-
-    def _record(self, event: str, role: str, stage: str, version: str | None, content_id: str | None) -> None:
-        self.writer.insert(
-            "events",
-            time=log.now(),
-            event=event,
-            role=role,
-            name=self.name,
-            stage=stage,
-            version=version,
-            content_id=content_id,
-        )
-
-    def generate(self, request: GenerateRequest, request_hash: str) -> dict[str, Any]:
-        deployment = self.current  # held for the whole request: a swap meanwhile does not touch it
-        params = {
-            k: v
-            for k, v in (("max_new_tokens", request.max_new_tokens), ("temperature", request.temperature))
-            if v is not None
-        }
-        started = time.perf_counter()
-        text = deployment.generate(request.prompt, params)
-        latency = (time.perf_counter() - started) * 1000
-        now = log.now()
-        self.writer.insert(
-            "requests",
-            time=now,
-            request_hash=request_hash,
-            status=200,
-            version=deployment.version,
-            content_id=deployment.content_id,
-            latency_ms=latency,
-        )
-        if self.shadow:
-            self.shadow.submit(
-                {
-                    "time": now,
-                    "request_hash": request_hash,
-                    "prompt": request.prompt,
-                    "params": params,
-                    "prod_output": text,
-                    "prod_latency_ms": latency,
-                    "prod_version": deployment.version,
-                    "prod_content_id": deployment.content_id,
-                }
-            )
-        return {
-            "text": text,
-            "version": deployment.version,
-            "content_id": deployment.content_id,
-            "latency_ms": round(latency, 3),
-        }
-
-    def reload(self) -> dict[str, Any]:
-        """Re-resolve the stage; if it moved, fetch, verify and load the new version, then swap."""
-        with self.swap_lock:
-            changed = current_version(self.name, self.stage) != self.current.version
-            if changed:
-                new = deploy(self.name, self.stage, self.cache)
-                old, self.current = self.current, new  # one reference assignment: atomic for readers
-                self._record("swap", "prod", self.stage, new.version, new.content_id)
-                say(f"serve: {self.stage} {old.version} → {new.version}")
-            if self.shadow and current_version(self.name, self.shadow_stage) != self.shadow.version:
-                self.shadow.restart()
-                self._record("swap", "shadow", self.shadow_stage, self.shadow.version, self.shadow.content_id)
-            return {"changed": changed, **self.current.describe()}
-
-    def reload_in_background(self, *_: Any) -> None:
-        threading.Thread(target=self._reload_logged, name="serve-reload", daemon=True).start()
-
-    def _reload_logged(self) -> None:
+    @router.post("/generate")
+    async def generate(request: Request):
+        parsed, call = await server.accept(request, GenerateRequest)
+        note(request.scope, prompt=parsed.prompt)
+        call.params = parsed.model_dump(exclude={"prompt"}, exclude_none=True)
         try:
-            self.reload()
-        except Exception as exc:  # the old version keeps serving; the failure is reported, not fatal
-            say(f"serve: reload failed, still serving {self.current.version}: {exc}")
+            call.query = call.deployment.predictor.query(parsed.prompt, call.params)
+        except SignatureViolation as exc:
+            raise from_signature(exc) from None
+        completion = await server.complete(call.deployment, call.query, request)
+        server.finished(call, completion)
+        return JSONResponse(
+            {
+                "text": completion.text,
+                "version": call.deployment.version,
+                "content_id": call.deployment.content_id,
+                "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
+            },
+            headers=call.deployment.headers(),
+        )
 
-    def close(self) -> None:
-        if self.shadow:
-            self.shadow.stop()
-        self.writer.close()
+    @router.get("/health")
+    async def health() -> dict[str, Any]:
+        return server.health()  # from memory, on the event loop: never queued behind the model
+
+    @router.get("/version")
+    async def version() -> dict[str, Any]:
+        return server.describe()
+
+    @router.post("/admin/reload")
+    async def reload() -> dict[str, Any]:
+        return await run_in_threadpool(server.reload)  # a download must not block the event loop
+
+    return router
 
 
-def _unprocessable(field: str, message: str, kind: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=422, content={"detail": [{"loc": ["body", field], "msg": message, "type": kind}]}
-    )
+def create_app(server: Server) -> FastAPI:
+    config = server.config
 
-
-async def _read_limited(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it exceeds `limit` (the declared length is checked first)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
-
-
-def create_app(server: Server, max_body: int = MAX_BODY_BYTES) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
@@ -173,63 +98,57 @@ def create_app(server: Server, max_body: int = MAX_BODY_BYTES) -> FastAPI:
         description="Answers from the registry's version; every reply names it.",
         lifespan=lifespan,
     )
+    app.include_router(native_router(server))
+    app.include_router(build_router(OpenAIServing(server)))
 
-    @app.post("/generate")
-    async def generate(request: Request):
-        body = await _read_limited(request, max_body)
-        if body is None:
-            return JSONResponse(
-                status_code=413, content={"detail": f"request body larger than {max_body} bytes"}
-            )
-        try:
-            parsed = GenerateRequest.model_validate_json(body)
-        except ValidationError as exc:
-            errors = [
-                {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False)
-            ]
-            return JSONResponse(status_code=422, content={"detail": errors})
-        request_hash = hashlib.sha256(body).hexdigest()
-        try:
-            return await run_in_threadpool(server.generate, parsed, request_hash)
-        except SignatureViolation as exc:
-            return _unprocessable(exc.field, exc.rule, "signature")
+    @app.exception_handler(RequestRefused)
+    async def refused(request: Request, exc: RequestRefused) -> JSONResponse:
+        return render(request.scope, exc)
 
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "version": server.current.version, "content_id": server.current.content_id}
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:
+        say(f"serve: {request.method} {request.url.path} failed: {log.short_error(exc)}")
+        return render(request.scope, RequestRefused(500, "internal error; see the server log"))
 
-    @app.get("/version")
-    def version():
-        return {**server.current.describe(), "shadow": server.shadow.describe() if server.shadow else None}
-
-    @app.post("/admin/reload")
-    async def reload():
-        return await run_in_threadpool(server.reload)
-
+    # add_middleware wraps what is there: the last added runs first.
+    app.add_middleware(RequireJson)
+    app.add_middleware(RequireBearer, key=config.api_key)
+    if config.allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-TuneLedger-Version", "X-TuneLedger-Content-Id"],
+        )
+    app.add_middleware(SameOriginOnly, allowed=config.allow_origins)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.trusted_hosts())
+    app.add_middleware(RequestLog, server=server)
     return app
 
 
-def serve(
-    name: str,
-    stage: str,
-    shadow: str | None,
-    host: str,
-    port: int,
-    db_path: Path,
-    cache: Path,
-    max_body: int = MAX_BODY_BYTES,
-    shadow_queue: int = 64,
-) -> None:
+def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        say(f"serve: binding {host}: /admin/reload has no authentication; put the server behind a proxy")
-    server = Server(name, stage, shadow, cache, db_path, shadow_queue)
+    config.check_bind()
+    server = Server(config)
     signal.signal(signal.SIGHUP, server.reload_in_background)  # `kill -HUP` after a rollback
-    shadow_note = f", shadow {shadow} {server.shadow.version}" if server.shadow else ""
+    shadow = server.shadow
+    shadow_note = f", shadow {shadow.stage} {shadow.version or f'({shadow.state})'}" if shadow else ""
     say(
-        f"serving {name} {stage} {server.current.version} ({server.current.content_id[:12]}){shadow_note} "
-        f"on http://{host}:{port}; log {db_path}"
+        f"serving {config.name} {config.stage} {server.current.version} "
+        f"({server.current.content_id[:12]}){shadow_note} on http://{config.host}:{config.port}; "
+        f"log {config.db}{'' if config.api_key else '; no API key'}"
     )
-    uvicorn.run(create_app(server, max_body), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(server),
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,  # the serving log records every request, with its version
+        http=header_deadline_protocol(config.header_timeout),
+        timeout_keep_alive=config.keep_alive,
+        limit_concurrency=config.max_connections,
+        h11_max_incomplete_event_size=16 * 1024,  # request line and headers
+        timeout_graceful_shutdown=5,
+    )

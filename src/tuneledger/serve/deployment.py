@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +22,12 @@ class Deployment:
     resolved: Resolved
     predictor: Predictor
     since: float = field(default_factory=time.time)
-    # One generation at a time per loaded model: predictable latency, no oversubscribed CPU.
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # One generation at a time per loaded model (predictable latency, no oversubscribed CPU), on
+    # a thread of its own: the event loop and /health never wait behind the model. After a swap,
+    # requests that pinned the old deployment still run on it; its thread ends with the object.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+    )
 
     @property
     def version(self) -> str:
@@ -32,6 +36,15 @@ class Deployment:
     @property
     def content_id(self) -> str:
         return self.resolved.manifest.content_id
+
+    @property
+    def model_id(self) -> str:
+        """How replies name what answered: the artifact and its exact version."""
+        return f"{self.name}@{self.version}"
+
+    def headers(self) -> dict[str, str]:
+        """Sent with every answer, streamed or not, whatever the route."""
+        return {"X-TuneLedger-Version": self.version, "X-TuneLedger-Content-Id": self.content_id}
 
     def describe(self) -> dict:
         return {
@@ -42,11 +55,6 @@ class Deployment:
             "commit": self.resolved.commit,
             "since": self.since,
         }
-
-    def generate(self, prompt, params: dict) -> str:
-        resolved_params = self.predictor.check(prompt, params)
-        with self.lock:
-            return self.predictor.generate(prompt, resolved_params)
 
 
 def _reusable(package: Path, resolved: Resolved) -> bool:
@@ -63,13 +71,28 @@ def _reusable(package: Path, resolved: Resolved) -> bool:
         return False
 
 
+class DeployFailed(TuneLedgerError):
+    """A stage could not be made ready. `reason` is short and safe to show to any client; the
+    message (the cause, which may name endpoints and local paths) is for the server's log."""
+
+    def __init__(self, reason: str, cause: BaseException):
+        self.reason = reason
+        super().__init__(f"{reason}: {cause}")
+
+
 def deploy(name: str, stage: str, cache: Path = DEFAULT_CACHE, device: str | None = None) -> Deployment:
     """Resolve `stage` through the registry, fetch and verify that version, load it on one device."""
-    resolved = resolve(name, stage=stage)
-    package = Path(cache) / f"{name}@{resolved.version}"
-    if not _reusable(package, resolved):
-        fetch(resolved, package, with_base=True)
-    predictor = Predictor.open(package, base=base_path_for(package), device=device)
+    step = f"resolving stage {stage}"
+    try:
+        resolved = resolve(name, stage=stage)
+        package = Path(cache) / f"{name}@{resolved.version}"
+        if not _reusable(package, resolved):
+            step = f"fetching {resolved.version}"
+            fetch(resolved, package, with_base=True)
+        step = f"loading {resolved.version}"
+        predictor = Predictor.open(package, base=base_path_for(package), device=device)
+    except Exception as exc:
+        raise DeployFailed(f"{step} failed", exc) from exc
     return Deployment(name, stage, resolved, predictor)
 
 

@@ -1,79 +1,361 @@
 """The serving log in SQLite: which version answered each request, shadow pairs, drops, swaps.
 
-Writers never block a response: prod requests are queued to one writer thread; the shadow
-process writes its own rows. WAL mode lets both write while `shadow-report` reads.
+Writers never block a response: rows go to a bounded queue drained by one writer thread, which
+retries failed writes and counts what it could not keep, so a locked or full disk shows up in
+/health instead of killing logging. Prompts and outputs are stored as SHA-256 and length unless
+the operator asks for the raw text (`--log-prompts`). Shadow pairs are also counted per minute in
+`shadow_rollup`, in the same transaction, so `shadow-report` reads a few thousand rows instead of
+every pair.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import queue
+import re
 import sqlite3
-import statistics
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DB = Path(".tuneledger/serve.sqlite")
+from tuneledger.errors import TuneLedgerError
+from tuneledger.progress import say
+from tuneledger.secrets import redact
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    time REAL, request_hash TEXT, status INTEGER, version TEXT, content_id TEXT, latency_ms REAL);
-CREATE TABLE IF NOT EXISTS shadow_pairs (
-    time REAL, request_hash TEXT, prompt TEXT, prod_output TEXT, shadow_output TEXT,
-    exact_agreement INTEGER, token_agreement REAL, prod_latency_ms REAL, shadow_latency_ms REAL,
-    prod_version TEXT, prod_content_id TEXT, shadow_version TEXT, shadow_content_id TEXT, error TEXT);
-CREATE TABLE IF NOT EXISTS shadow_drops (time REAL, request_hash TEXT, shadow_version TEXT);
-CREATE TABLE IF NOT EXISTS events (
-    time REAL, event TEXT, role TEXT, name TEXT, stage TEXT, version TEXT, content_id TEXT);
+DEFAULT_DB = Path(".tuneledger/serve.sqlite")
+DEFAULT_QUEUE = 10_000
+BATCH = 500
+WRITE_TIMEOUT_S = 2.0  # a locked database fails a write after this long; the writer retries
+MAX_BACKOFF_S = 5.0
+PRUNE_EVERY_S = 3600.0
+LATENCY_SAMPLE = 10_000  # latency percentiles come from the newest pairs, at most this many
+
+TABLES = {
+    "requests": [
+        "time REAL", "method TEXT", "path TEXT", "status INTEGER", "request_hash TEXT", "version TEXT",
+        "content_id TEXT", "latency_ms REAL", "finish_reason TEXT", "error TEXT",
+        "prompt TEXT", "prompt_sha256 TEXT", "prompt_chars INTEGER",
+        "output TEXT", "output_sha256 TEXT", "output_chars INTEGER",
+    ],
+    "shadow_pairs": [
+        "time REAL", "request_hash TEXT", "prompt TEXT", "prod_output TEXT", "shadow_output TEXT",
+        "exact_agreement INTEGER", "token_agreement REAL", "prod_latency_ms REAL",
+        "shadow_latency_ms REAL", "prod_version TEXT", "prod_content_id TEXT", "shadow_version TEXT",
+        "shadow_content_id TEXT", "error TEXT",
+        "prompt_sha256 TEXT", "prompt_chars INTEGER", "prod_output_sha256 TEXT",
+        "prod_output_chars INTEGER", "shadow_output_sha256 TEXT", "shadow_output_chars INTEGER",
+    ],
+    "shadow_drops": ["time REAL", "request_hash TEXT", "shadow_version TEXT"],
+    "events": [
+        "time REAL", "event TEXT", "role TEXT", "name TEXT", "stage TEXT", "version TEXT",
+        "content_id TEXT", "error TEXT",
+    ],
+}  # fmt: skip
+# Rows older than the retention period go; events (which version served when) are kept.
+PRUNED = ("requests", "shadow_pairs", "shadow_drops")
+
+ROLLUP = """
+CREATE TABLE IF NOT EXISTS shadow_rollup (
+    shadow_version TEXT NOT NULL, minute INTEGER NOT NULL, pairs INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0, exact_agreements INTEGER NOT NULL DEFAULT 0,
+    token_agreement_sum REAL NOT NULL DEFAULT 0, drops INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (shadow_version, minute)) WITHOUT ROWID;
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
+CREATE INDEX IF NOT EXISTS shadow_pairs_time ON shadow_pairs(time);
+CREATE INDEX IF NOT EXISTS shadow_pairs_version_time ON shadow_pairs(shadow_version, time);
+CREATE INDEX IF NOT EXISTS shadow_drops_time ON shadow_drops(time);
+"""
+_ADD_TO_ROLLUP = """
+INSERT INTO shadow_rollup (shadow_version, minute, pairs, errors, exact_agreements,
+                           token_agreement_sum, drops)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (shadow_version, minute) DO UPDATE SET
+    pairs = pairs + excluded.pairs, errors = errors + excluded.errors,
+    exact_agreements = exact_agreements + excluded.exact_agreements,
+    token_agreement_sum = token_agreement_sum + excluded.token_agreement_sum,
+    drops = drops + excluded.drops
+"""
+_REBUILD_ROLLUP = """
+DELETE FROM shadow_rollup;
+INSERT INTO shadow_rollup
+SELECT COALESCE(shadow_version, ''), CAST(time / 60 AS INTEGER), SUM(error IS NULL), SUM(error IS NOT NULL),
+       TOTAL(CASE WHEN error IS NULL THEN exact_agreement END),
+       TOTAL(CASE WHEN error IS NULL THEN token_agreement END), 0
+FROM shadow_pairs GROUP BY 1, 2;
+INSERT INTO shadow_rollup (shadow_version, minute, drops)
+SELECT COALESCE(shadow_version, ''), CAST(time / 60 AS INTEGER), COUNT(*) FROM shadow_drops GROUP BY 1, 2
+ON CONFLICT (shadow_version, minute) DO UPDATE SET drops = drops + excluded.drops;
 """
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open (and create or upgrade) the serving log."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=30, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=timeout, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(SCHEMA)
+    existing = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for table, columns in TABLES.items():
+        if table not in existing:
+            db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
+            continue
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column in columns:  # a log written by an older version gains the new columns
+            if column.split()[0] not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    db.executescript(ROLLUP + INDEXES)
+    if "shadow_rollup" not in existing and "shadow_pairs" in existing:
+        rebuild_rollup(db)
+    db.commit()
     return db
 
 
-class LogWriter:
-    """A background thread that batches inserts, so logging costs a response nothing but a put."""
+def rebuild_rollup(db: sqlite3.Connection) -> None:
+    """Recount `shadow_rollup` from every pair and drop (a log from before the rollup existed)."""
+    with db:
+        db.executescript(f"BEGIN; {_REBUILD_ROLLUP} COMMIT;")
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.queue: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="serve-log", daemon=True)
-        self.thread.start()
 
-    def insert(self, table: str, **row: Any) -> None:
-        self.queue.put((table, row))
+def text_fields(name: str, text: str | None, keep_raw: bool) -> dict[str, Any]:
+    """A prompt or output as log columns: SHA-256 and length, and the text itself only if kept."""
+    if text is None:
+        return {name: None, f"{name}_sha256": None, f"{name}_chars": None}
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return {name: text if keep_raw else None, f"{name}_sha256": digest, f"{name}_chars": len(text)}
 
-    def _run(self) -> None:
-        db = connect(self.path)
-        while True:
-            batch = [self.queue.get()]
-            while not self.queue.empty() and len(batch) < 500:
-                batch.append(self.queue.get_nowait())
-            if any(item is None for item in batch):
-                batch = [item for item in batch if item is not None]
-                self._write(db, batch)
-                return
-            self._write(db, batch)
 
-    @staticmethod
-    def _write(db: sqlite3.Connection, batch: list) -> None:
+def short_error(exc: BaseException) -> str:
+    """One line for the log: the exception's first line, without secrets."""
+    lines = str(exc).strip().splitlines()
+    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}")[:500]
+
+
+def _rollup_rows(batch: list[tuple[str, dict]]) -> list[tuple]:
+    """Per (shadow version, minute): pairs, errors, exact agreements, token agreement sum, drops."""
+    totals: dict[tuple[str, int], list] = {}
+    for table, row in batch:
+        if table not in ("shadow_pairs", "shadow_drops"):
+            continue
+        key = (row.get("shadow_version") or "", int(row["time"] // 60))
+        counts = totals.setdefault(key, [0, 0, 0, 0.0, 0])
+        if table == "shadow_drops":
+            counts[4] += 1
+        elif row.get("error") is not None:
+            counts[1] += 1
+        else:
+            counts[0] += 1
+            counts[2] += int(row.get("exact_agreement") or 0)
+            counts[3] += float(row.get("token_agreement") or 0.0)
+    return [(*key, *counts) for key, counts in totals.items()]
+
+
+def write_batch(db: sqlite3.Connection, batch: list[tuple[str, dict]]) -> None:
+    """Insert rows and their rollup counts in one transaction: all of them or none."""
+    with db:
         for table, row in batch:
             columns = ", ".join(row)
             db.execute(
                 f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
             )
-        db.commit()
+        db.executemany(_ADD_TO_ROLLUP, _rollup_rows(batch))
+
+
+def prune(db: sqlite3.Connection, older_than: float, chunk: int = 10_000) -> int:
+    """Delete request and shadow rows before `older_than` (epoch seconds), a chunk at a time so
+    a large backlog never holds the write lock for long. Returns how many rows went."""
+    removed = 0
+    for table in PRUNED:
+        while True:
+            with db:
+                done = db.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE time < ? LIMIT ?)",
+                    [older_than, chunk],
+                ).rowcount
+            removed += done
+            if done < chunk:
+                break
+    with db:
+        db.execute("DELETE FROM shadow_rollup WHERE minute < ?", [int(older_than // 60)])
+    return removed
+
+
+_WAKE_UP = object()  # put by close() so the writer need not wait out its poll
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure that waiting can cure (a lock, a full or missing disk), not a refused row."""
+    if isinstance(exc, OSError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in message for word in ("locked", "busy", "full", "disk", "i/o", "unable to open", "readonly")
+    )
+
+
+class LogWriter:
+    """A background thread that batches inserts, so logging costs a response nothing but a put.
+
+    The queue is bounded: when the database cannot keep up (locked, disk full), new rows are
+    dropped and counted rather than held in memory. A failed write is retried with backoff until
+    it succeeds; the writer's state is in `health()`.
+    """
+
+    def __init__(self, path: Path, queue_size: int = DEFAULT_QUEUE, retention_days: float | None = None):
+        self.path, self.retention_days = Path(path), retention_days
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._counts_lock = threading.Lock()
+        self.written = self.dropped = self.write_errors = self.lost = self.pruned = 0  # rows
+        self.last_error: str | None = None
+        self.failing = False
+        self._closing = threading.Event()
+        self._db: sqlite3.Connection | None = None
+        self._next_prune = 0.0
+        self.thread = threading.Thread(target=self._run, name="serve-log", daemon=True)
+        self.thread.start()
+
+    def insert(self, table: str, **row: Any) -> bool:
+        """Queue a row; False (and a counted drop) when the queue is full."""
+        try:
+            self.queue.put_nowait((table, row))
+            return True
+        except queue.Full:
+            with self._counts_lock:
+                self.dropped += 1
+            return False
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "healthy": self.thread.is_alive() and not self.failing,
+            "queued": self.queue.qsize(),
+            "queue_size": self.queue.maxsize,
+            "written": self.written,
+            "dropped": self.dropped,
+            "write_errors": self.write_errors,
+            "lost": self.lost,
+            "last_error": self.last_error,
+        }
+
+    def _take(self, batch: list) -> None:
+        """Add queued rows to `batch` (waiting up to a second for the first one)."""
+        try:
+            batch.append(self.queue.get(timeout=1.0))
+        except queue.Empty:
+            return
+        while len(batch) < BATCH:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        batch[:] = [item for item in batch if item is not _WAKE_UP]
+
+    def _run(self) -> None:
+        batch: list = []
+        backoff = 0.1
+        while True:
+            closing = self._closing.is_set()
+            if not batch:
+                self._take(batch)
+            if batch:
+                if self._write(batch):
+                    batch, backoff = [], 0.1
+                elif closing:  # one last try failed: give up on these rows, counted
+                    self.lost += len(batch)
+                    return
+                else:
+                    self._closing.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+            if closing and self.queue.empty():
+                return
+            self._prune_if_due()
+
+    def _write(self, batch: list) -> bool:
+        """True when the batch is done with (written, or its unwritable rows counted as lost)."""
+        try:
+            if self._db is None:
+                self._db = connect(self.path, timeout=WRITE_TIMEOUT_S)
+            write_batch(self._db, batch)
+        except (sqlite3.Error, OSError) as exc:
+            self._count_error(exc)
+            if _transient(exc):  # locked, full or gone: keep the rows and retry
+                self._reset_connection()
+                return False
+            self._write_one_by_one(batch)  # a row the schema refuses must not block the others
+            return True
+        self._wrote(len(batch))
+        return True
+
+    def _write_one_by_one(self, batch: list) -> None:
+        for item in batch:
+            try:
+                write_batch(self._db, [item])
+            except (sqlite3.Error, OSError) as exc:
+                self._count_error(exc)
+                self.lost += 1
+                continue
+            self._wrote(1)
+
+    def _count_error(self, exc: BaseException) -> None:
+        self.last_error, was_failing, self.failing = short_error(exc), self.failing, True
+        with self._counts_lock:
+            self.write_errors += 1
+        if not was_failing:
+            say(f"serve: cannot write the serving log {self.path} (retrying): {self.last_error}")
+
+    def _wrote(self, rows: int) -> None:
+        with self._counts_lock:
+            self.written += rows
+        if self.failing:
+            say(f"serve: the serving log {self.path} is written again")
+        self.failing = False
+
+    def _reset_connection(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def _prune_if_due(self) -> None:
+        if self.retention_days is None or time.monotonic() < self._next_prune or self._db is None:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            self.pruned += prune(self._db, time.time() - self.retention_days * 86400)
+        except sqlite3.Error as exc:  # retried at the next period; logging goes on
+            self.last_error = short_error(exc)
+            say(f"serve: pruning the serving log failed (retried in an hour): {self.last_error}")
 
     def close(self) -> None:
-        self.queue.put(None)
+        self._closing.set()
+        with contextlib.suppress(queue.Full):  # a full queue means the writer is awake anyway
+            self.queue.put_nowait(_WAKE_UP)
         self.thread.join(timeout=10)
+        self._reset_connection()
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now (`90m`, `24h`, `7d`) or an ISO 8601 time (UTC if no zone)."""
+    now = time.time() if now is None else now
+    match = _DURATION.match(value.strip())
+    if match:
+        return now - float(match.group(1)) * _SECONDS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise TuneLedgerError(
+            f"--since {value!r}: expected a duration such as 90m, 24h or 7d, or a time such as "
+            "2025-01-31T12:00"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _percentile(values: list[float], fraction: float) -> float | None:
@@ -83,47 +365,71 @@ def _percentile(values: list[float], fraction: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def shadow_report(path: Path, shadow_version: str | None = None) -> dict[str, Any]:
-    """Agreement and latency of shadow pairs (optionally of one shadow version), and drops."""
-    if not Path(path).is_file():
-        from tuneledger.errors import TuneLedgerError
+def shadow_report(
+    path: Path, shadow_version: str | None = None, since: float | None = None
+) -> dict[str, Any]:
+    """Agreement and latency of shadow pairs (optionally of one shadow version, since a time).
 
+    Counts and agreement are exact, summed from the per-minute rollup (`since` counts from the
+    start of its minute). Latency percentiles come from the newest LATENCY_SAMPLE pairs, read
+    through the (version, time) index: time and memory stay flat as the log grows.
+    """
+    if not Path(path).is_file():
         raise TuneLedgerError(f"{path}: no serving log; run `tuneledger serve --shadow STAGE` first")
     db = connect(Path(path))
-    where, args = ("WHERE shadow_version = ?", [shadow_version]) if shadow_version else ("", [])
-    rows = db.execute(
-        f"SELECT exact_agreement, token_agreement, prod_latency_ms, shadow_latency_ms, error, shadow_version "
-        f"FROM shadow_pairs {where}",
+    try:
+        return _report(db, str(path), shadow_version, since)
+    finally:
+        db.close()
+
+
+def _filter(shadow_version: str | None, time_column: str, start: float | None) -> tuple[str, list]:
+    conditions, args = [], []
+    if shadow_version:
+        conditions.append("shadow_version = ?")
+        args.append(shadow_version)
+    if start is not None:
+        conditions.append(f"{time_column} >= ?")
+        args.append(start)
+    return (f"WHERE {' AND '.join(conditions)}" if conditions else ""), args
+
+
+def _report(db: sqlite3.Connection, path: str, shadow_version: str | None, since: float | None):
+    minute = int(since // 60) if since is not None else None
+    where, args = _filter(shadow_version, "minute", minute)
+    pairs, errors, exact, token, drops = db.execute(
+        "SELECT TOTAL(pairs), TOTAL(errors), TOTAL(exact_agreements), TOTAL(token_agreement_sum), "
+        f"TOTAL(drops) FROM shadow_rollup {where}",
+        args,
+    ).fetchone()
+    versions = db.execute(f"SELECT DISTINCT shadow_version FROM shadow_rollup {where} ORDER BY 1", args)
+    where, args = _filter(shadow_version, "time", minute * 60 if minute is not None else None)
+    sample = db.execute(
+        f"SELECT prod_latency_ms, shadow_latency_ms, error FROM shadow_pairs {where} "
+        f"ORDER BY time DESC LIMIT {LATENCY_SAMPLE}",
         args,
     ).fetchall()
-    drops = db.execute(f"SELECT COUNT(*) FROM shadow_drops {where}", args).fetchone()[0]
-    ok = [r for r in rows if r[4] is None]
-    versions = sorted({r[5] for r in rows if r[5]})
+    prod = [row[0] for row in sample if row[0] is not None]
+    shadow = [row[1] for row in sample if row[2] is None and row[1] is not None]
     return {
-        "db": str(path),
-        "shadow_versions": versions,
-        "pairs": len(ok),
-        "errors": len(rows) - len(ok),
-        "drops": drops,
-        "exact_agreement": statistics.fmean(r[0] for r in ok) if ok else None,
-        "token_agreement": statistics.fmean(r[1] for r in ok) if ok else None,
-        "prod_latency_ms": {
-            "p50": _percentile([r[2] for r in rows], 0.5),
-            "p95": _percentile([r[2] for r in rows], 0.95),
-        },
-        "shadow_latency_ms": {
-            "p50": _percentile([r[3] for r in ok], 0.5),
-            "p95": _percentile([r[3] for r in ok], 0.95),
-        },
+        "db": path,
+        "since": datetime.fromtimestamp(minute * 60, UTC).isoformat() if minute is not None else None,
+        "shadow_versions": [v for (v,) in versions if v],
+        "pairs": int(pairs),
+        "errors": int(errors),
+        "drops": int(drops),
+        "exact_agreement": exact / pairs if pairs else None,
+        "token_agreement": token / pairs if pairs else None,
+        "latency_sample": len(sample),
+        "prod_latency_ms": {"p50": _percentile(prod, 0.5), "p95": _percentile(prod, 0.95)},
+        "shadow_latency_ms": {"p50": _percentile(shadow, 0.5), "p95": _percentile(shadow, 0.95)},
     }
 
 
 def serving_events(path: Path) -> list[dict[str, Any]]:
     """When each version started answering (or shadowing) in `tuneledger serve`, for `history`."""
-    from datetime import UTC, datetime
-
     rows = connect(Path(path)).execute(
-        "SELECT time, event, role, name, stage, version, content_id FROM events"
+        "SELECT time, event, role, name, stage, version, content_id FROM events WHERE event != 'error'"
     )
     return [
         {
@@ -143,8 +449,8 @@ def live_at(path: Path, when: float) -> dict[str, Any] | None:
     """Which prod version was answering at a time (the last swap before it)."""
     db = connect(Path(path))
     row = db.execute(
-        "SELECT time, version, content_id FROM events WHERE role = 'prod' AND time <= ? "
-        "ORDER BY time DESC LIMIT 1",
+        "SELECT time, version, content_id FROM events WHERE role = 'prod' AND event != 'error' "
+        "AND time <= ? ORDER BY time DESC LIMIT 1",
         [when],
     ).fetchone()
     return {"since": row[0], "version": row[1], "content_id": row[2]} if row else None

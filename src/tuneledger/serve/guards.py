@@ -1,0 +1,190 @@
+"""The server's boundary: who may call (bearer key, origin), what they may send (JSON, bounded in
+size and time), and that every request, refused or answered, is logged with its status.
+
+The host check and CORS are Starlette's own middleware (see app.py). What is here has no library
+equivalent: Starlette's CORS middleware adds headers but still runs a cross-origin request, so a
+web page could trigger a generation (CSRF); refusing it needs a check of its own. These are plain
+ASGI middleware, so they run before routing and the body is never read for a refused request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tuneledger.serve import log
+from tuneledger.serve.errors import LOG_SCOPE_KEY, RequestRefused, render
+
+OPEN_PATHS = ("/health",)  # answered without a key: load balancers probe it
+
+
+class RequestLog:
+    """Outermost: times every request and writes its row with the status it really got."""
+
+    def __init__(self, app: ASGIApp, server):
+        self.app, self.server = app, server
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), None
+        facts: dict[str, Any] = scope.setdefault(LOG_SCOPE_KEY, {})
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        except Exception as exc:  # the 500 itself is rendered by the app's exception handler
+            facts.setdefault("error", log.short_error(exc))
+            status = status or 500
+            raise
+        finally:
+            self.server.log_request(
+                {
+                    "time": log.now(),
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": facts.get("status") or status or 499,
+                    "request_hash": facts.get("request_hash"),
+                    "version": facts.get("version"),
+                    "content_id": facts.get("content_id"),
+                    "latency_ms": (time.perf_counter() - started) * 1000,
+                    "finish_reason": facts.get("finish_reason"),
+                    "error": facts.get("error"),
+                },
+                facts.get("prompt"),
+                facts.get("output"),
+            )
+
+
+class _Refusing:
+    """Base for middleware that may answer a request itself instead of passing it on."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    def refusal(self, scope: Scope, headers: Headers) -> RequestRefused | None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refused = self.refusal(scope, Headers(scope=scope))
+            if refused is not None:
+                await render(scope, refused)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class SameOriginOnly(_Refusing):
+    """403 for a browser request from another origin (unless --allow-origin names it)."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...] = ()):
+        super().__init__(app)
+        self.allowed = {origin.rstrip("/").lower() for origin in allowed}
+
+    def refusal(self, scope: Scope, headers: Headers) -> RequestRefused | None:
+        origin = headers.get("origin")
+        if origin is None:  # not sent by a browser script: nothing to check
+            return None
+        origin = origin.rstrip("/").lower()
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+        if origin == own or "*" in self.allowed or origin in self.allowed:
+            return None
+        return RequestRefused(
+            403, f"cross-origin request from {origin} refused; start the server with --allow-origin {origin}"
+        )
+
+
+class RequireBearer(_Refusing):
+    """401 unless `Authorization: Bearer <key>` matches (compared in constant time)."""
+
+    def __init__(self, app: ASGIApp, key: str | None):
+        super().__init__(app)
+        self.key = key.encode() if key else None
+
+    def refusal(self, scope: Scope, headers: Headers) -> RequestRefused | None:
+        if self.key is None or scope["path"] in OPEN_PATHS or scope["method"] == "OPTIONS":
+            return None
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), self.key):
+            return None
+        return RequestRefused(
+            401,
+            "missing or wrong API key: send `Authorization: Bearer <key>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+class RequireJson(_Refusing):
+    """415 for a POST that is not `Content-Type: application/json`: a web page cannot send that
+    without a CORS preflight, which this server does not grant to other origins."""
+
+    def refusal(self, scope: Scope, headers: Headers) -> RequestRefused | None:
+        if scope["method"] != "POST":
+            return None
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type == "application/json":
+            return None
+        return RequestRefused(415, f"Content-Type must be application/json, got {media_type or 'none'}")
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, or 413 as soon as it exceeds `limit` bytes (the declared length is
+    checked first), or 408 when it has not fully arrived within `timeout` seconds."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestRefused(413, f"request body larger than {limit} bytes")
+
+    async def receive_all() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestRefused(413, f"request body larger than {limit} bytes")
+        return bytes(body)
+
+    try:
+        return await asyncio.wait_for(receive_all(), timeout)
+    except TimeoutError:
+        raise RequestRefused(
+            408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
+        ) from None
+
+
+class HeaderDeadlineH11(H11Protocol):
+    """uvicorn closes idle kept-alive connections, but waits forever for the headers of a request
+    that has begun to arrive (slowloris). This closes a connection that has not completed a
+    request's headers within `header_timeout` seconds of opening or of its previous response."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_deadline()
+
+    def _arm_header_deadline(self) -> None:
+        self.loop.call_later(self.header_timeout, self._close_if_no_new_request, self.cycle)
+
+    def _close_if_no_new_request(self, cycle_when_armed) -> None:
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():
+            self.transport.close()
+
+
+def header_deadline_protocol(seconds: float) -> type[HeaderDeadlineH11]:
+    return type("HeaderDeadlineH11", (HeaderDeadlineH11,), {"header_timeout": seconds})

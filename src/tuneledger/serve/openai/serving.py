@@ -1,0 +1,226 @@
+"""The OpenAI-compatible routes' logic: requests become signature-checked queries on the live
+deployment, answers become OpenAI objects (whole, or streamed as server-sent events ending with
+`data: [DONE]`). Queueing, deadlines, the shadow and the log are the server's, as for /generate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tuneledger.package.signature import SignatureViolation
+from tuneledger.predict import Completion, Query
+from tuneledger.progress import say
+from tuneledger.serve import log
+from tuneledger.serve.deployment import Deployment
+from tuneledger.serve.errors import RequestRefused, from_signature, note, render
+from tuneledger.serve.openai import protocol
+from tuneledger.serve.server import Call, Server, TextStream
+
+
+def _sse(payload: BaseModel) -> str:
+    return f"data: {payload.model_dump_json()}\n\n"
+
+
+class OpenAIServing:
+    def __init__(self, server: Server):
+        self.server = server
+
+    # --- /v1/models ---------------------------------------------------------------------------
+    def models(self) -> protocol.ModelList:
+        deployment = self.server.current
+        card = {"created": int(deployment.since), "tuneledger": self._provenance(deployment)}
+        # The artifact name follows the stage; name@version pins the exact version.
+        return protocol.ModelList(
+            data=[
+                protocol.ModelCard(id=deployment.name, **card),
+                protocol.ModelCard(id=deployment.model_id, **card),
+            ]
+        )
+
+    # --- /v1/chat/completions and /v1/completions ----------------------------------------------
+    async def chat(self, request: Request) -> Response:
+        parsed, call = await self._begin(request, protocol.ChatCompletionRequest)
+        messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
+        note(request.scope, prompt=json.dumps(messages, ensure_ascii=False))
+        if not call.deployment.predictor.is_chat:
+            raise RequestRefused(
+                400,
+                f"{call.deployment.model_id} is not a chat model (its package has no chat template); "
+                "send a prompt to /v1/completions instead",
+            )
+        if parsed.max_tokens is not None and parsed.max_completion_tokens is not None:
+            raise RequestRefused(422, "give max_tokens or max_completion_tokens, not both")
+        limit_field = "max_completion_tokens" if parsed.max_completion_tokens is not None else "max_tokens"
+        call.params = self._params(parsed, parsed.max_completion_tokens or parsed.max_tokens)
+        call.query = self._check(
+            lambda: call.deployment.predictor.chat_query(messages, call.params, parsed.stop_strings()),
+            limit_field,
+        )
+        return await self._respond(call, parsed, _ChatShapes)
+
+    async def completion(self, request: Request) -> Response:
+        parsed, call = await self._begin(request, protocol.CompletionRequest)
+        note(request.scope, prompt=parsed.prompt)
+        call.params = self._params(parsed, parsed.max_tokens)
+        call.query = self._check(
+            lambda: call.deployment.predictor.query(parsed.prompt, call.params, parsed.stop_strings()),
+            "max_tokens",
+        )
+        return await self._respond(call, parsed, _CompletionShapes)
+
+    # --- shared steps --------------------------------------------------------------------------
+    async def _begin(self, request: Request, model: type[protocol.Request]):
+        parsed, call = await self.server.accept(request, model)
+        deployment = call.deployment
+        if parsed.model not in (deployment.name, deployment.model_id):
+            raise RequestRefused(
+                404,
+                f"model {parsed.model!r} is not served here; use {deployment.name!r} (the version in "
+                f"{deployment.stage}) or {deployment.model_id!r}",
+                [{"loc": ["model"], "msg": "not served here", "type": "model_not_found"}],
+            )
+        return parsed, call
+
+    @staticmethod
+    def _params(parsed: protocol.SamplingRequest, max_tokens: int | None) -> dict[str, Any]:
+        """The generation params the client set (the signature supplies the rest)."""
+        given = {
+            "max_new_tokens": max_tokens,
+            "temperature": parsed.temperature,
+            "top_p": parsed.top_p,
+            "seed": parsed.seed,
+        }
+        return {name: value for name, value in given.items() if value is not None}
+
+    @staticmethod
+    def _check(make_query: Callable[[], Query], limit_field: str) -> Query:
+        try:
+            return make_query()
+        except SignatureViolation as exc:
+            raise from_signature(exc, rename={"max_new_tokens": limit_field}) from None
+
+    @staticmethod
+    def _provenance(deployment: Deployment) -> protocol.Provenance:
+        return protocol.Provenance(
+            name=deployment.name,
+            stage=deployment.stage,
+            version=deployment.version,
+            content_id=deployment.content_id,
+        )
+
+    async def _respond(self, call: Call, parsed: protocol.SamplingRequest, shapes) -> Response:
+        deployment = call.deployment
+        reply = {
+            "id": f"{shapes.prefix}-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": deployment.model_id,
+            "system_fingerprint": deployment.content_id,
+            "tuneledger": self._provenance(deployment),
+        }
+        if parsed.stream:
+            stream = await self.server.stream(deployment, call.query, call.request)
+            include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+            return StreamingResponse(
+                self._events(call, stream, shapes, reply, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **deployment.headers()},
+            )
+        completion = await self.server.complete(deployment, call.query, call.request)
+        self.server.finished(call, completion)
+        return JSONResponse(
+            shapes.whole(reply, completion).model_dump(mode="json"), headers=deployment.headers()
+        )
+
+    async def _events(
+        self, call: Call, stream: TextStream, shapes, reply, include_usage
+    ) -> AsyncIterator[str]:
+        scope, chunk = call.request.scope, shapes.chunk
+        try:
+            if shapes.announces_role:
+                yield _sse(chunk(reply, role="assistant", text=""))
+            async for text in stream.deltas():
+                yield _sse(chunk(reply, text=text))
+            yield _sse(chunk(reply, finish_reason=stream.completion.finish_reason))
+            if include_usage:
+                yield _sse(chunk(reply, usage=_usage(stream.completion), no_choice=True))
+            self.server.finished(call, stream.completion)
+        except asyncio.CancelledError:
+            note(scope, status=499, error="the client closed the stream", output=stream.text)
+            raise
+        except RequestRefused as exc:  # the status line is already sent: report in the stream
+            note(scope, output=stream.text)
+            yield f"data: {render(scope, exc).body.decode()}\n\n"
+        except Exception as exc:
+            message = log.short_error(exc)
+            say(f"serve: streamed generation failed: {message}")
+            note(scope, status=500, error=message, output=stream.text)
+            failure = RequestRefused(500, "generation failed; see the server log")
+            yield f"data: {render(scope, failure).body.decode()}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def _usage(completion: Completion) -> protocol.Usage:
+    return protocol.Usage(
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        total_tokens=completion.prompt_tokens + completion.completion_tokens,
+    )
+
+
+class _ChatShapes:
+    prefix = "chatcmpl"
+    announces_role = True  # OpenAI's first chunk carries the role, with empty content
+
+    @staticmethod
+    def whole(reply: dict, completion: Completion) -> protocol.ChatCompletionResponse:
+        return protocol.ChatCompletionResponse(
+            **reply,
+            choices=[
+                protocol.ChatChoice(
+                    message=protocol.AssistantMessage(content=completion.text),
+                    finish_reason=completion.finish_reason,
+                )
+            ],
+            usage=_usage(completion),
+        )
+
+    @staticmethod
+    def chunk(reply, text=None, role=None, finish_reason=None, usage=None, no_choice=False):
+        choices = (
+            []
+            if no_choice
+            else [
+                protocol.ChatChunkChoice(
+                    delta=protocol.Delta(role=role, content=text), finish_reason=finish_reason
+                )
+            ]
+        )
+        return protocol.ChatCompletionChunk(**reply, choices=choices, usage=usage)
+
+
+class _CompletionShapes:
+    prefix = "cmpl"
+    announces_role = False
+
+    @staticmethod
+    def whole(reply: dict, completion: Completion) -> protocol.CompletionResponse:
+        return protocol.CompletionResponse(
+            **reply,
+            choices=[protocol.CompletionChoice(text=completion.text, finish_reason=completion.finish_reason)],
+            usage=_usage(completion),
+        )
+
+    @staticmethod
+    def chunk(reply, text=None, role=None, finish_reason=None, usage=None, no_choice=False):
+        choices = (
+            [] if no_choice else [protocol.CompletionChoice(text=text or "", finish_reason=finish_reason)]
+        )
+        return protocol.CompletionResponse(**reply, choices=choices, usage=usage)

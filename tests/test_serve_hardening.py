@@ -1,0 +1,415 @@
+"""The server's boundary and limits, each tried the way an attacker or an accident would: a key on
+every route but /health, no requests from other web pages or other host names, JSON only, a
+bounded queue with deadlines under 64 concurrent slow clients, a shadow that cannot hurt prod, and
+a log that survives a locked database. One real server (uvicorn, the default model) for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import copy_repo, run
+from tuneledger.s3local import free_port
+from tuneledger.serve.config import ServeConfig
+
+KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PROMPT = {"prompt": "reverse: red cat sun =>"}
+LONG = {
+    "prompt": "reverse: red cat sun =>",
+    "max_new_tokens": 32,
+    "temperature": 2.0,
+    "seed": 7,
+}  # rarely ends early
+REQUEST_TIMEOUT, BODY_TIMEOUT, HEADER_TIMEOUT, MAX_QUEUE, LOG_QUEUE = 3.0, 1.0, 1.5, 24, 32
+SLACK = 1.5  # scheduling beyond a deadline on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def hardened(registry, tmp_path_factory):
+    """prod v1.0.0 behind a key, with small limits, and staging v1.1.0 as a shadow with a 2-slot queue."""
+    repo = copy_repo(registry[0], tmp_path_factory.mktemp("hardened") / "repo")
+    run("tuneledger", "promote", "v1.1.0", "--stage", "staging", cwd=repo)
+    port, db = free_port(), repo / "serve.sqlite"
+    stderr = (repo / "server.err").open("w")
+    proc = subprocess.Popen(
+        [
+            "tuneledger",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(db),
+            "--shadow",
+            "staging",
+            "--shadow-queue",
+            "2",
+            "--max-queue",
+            str(MAX_QUEUE),
+            "--request-timeout",
+            str(REQUEST_TIMEOUT),
+            "--body-timeout",
+            str(BODY_TIMEOUT),
+            "--header-timeout",
+            str(HEADER_TIMEOUT),
+            "--log-queue",
+            str(LOG_QUEUE),
+        ],  # fmt: skip
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        env={**os.environ, "TUNELEDGER_API_KEY": KEY},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, (repo / "server.err").read_text()
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.25)
+    yield {"repo": repo, "url": url, "port": port, "db": db, "proc": proc, "stderr": repo / "server.err"}
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def version(served) -> dict:
+    return httpx.get(f"{served['url']}/version", headers=AUTH, timeout=10).json()
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def logged_statuses(served, path: str) -> Counter:
+    db = sqlite3.connect(served["db"])
+    return Counter(status for (status,) in db.execute("SELECT status FROM requests WHERE path = ?", [path]))
+
+
+# --- access ----------------------------------------------------------------------------------------
+ROUTES = [
+    ("GET", "/version", None),
+    ("GET", "/v1/models", None),
+    ("POST", "/generate", PROMPT),
+    ("POST", "/v1/completions", {"model": "lora-adapter", "prompt": PROMPT["prompt"]}),
+    ("POST", "/admin/reload", {}),
+    ("GET", "/docs", None),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ROUTES)
+def test_every_route_but_health_needs_the_key(hardened, method, path, body):
+    url = f"{hardened['url']}{path}"
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": KEY},
+        {"Authorization": "Basic x"},
+    ):
+        refused = httpx.request(method, url, json=body, headers=headers, timeout=30)
+        assert refused.status_code == 401, (headers, refused.text)
+        assert refused.headers["WWW-Authenticate"] == "Bearer"
+    assert httpx.request(method, url, json=body, headers=AUTH, timeout=120).status_code == 200
+    assert httpx.get(f"{hardened['url']}/health").status_code == 200  # load balancers need no key
+
+
+def test_a_non_loopback_bind_needs_a_key_or_insecure(tmp_path):
+    refused = run(
+        "tuneledger", "serve", "--host", "0.0.0.0", cwd=tmp_path, check=False, env={"TUNELEDGER_API_KEY": ""}
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "no API key is set" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    ServeConfig(host="0.0.0.0", api_key="k").check_bind()  # a key, or --insecure, lets it bind
+    ServeConfig(host="0.0.0.0", insecure=True).check_bind()
+    ServeConfig(host="127.0.0.1").check_bind()
+
+
+def test_a_non_chat_version_answers_the_chat_route_with_one_clear_error(hardened):
+    reply = httpx.post(
+        f"{hardened['url']}/v1/chat/completions",
+        json={"model": "lora-adapter", "messages": [{"role": "user", "content": "hi"}]},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert reply.status_code == 400
+    assert "not a chat model" in reply.json()["error"]["message"]
+    completion = httpx.post(
+        f"{hardened['url']}/v1/completions",
+        json={"model": "lora-adapter", "prompt": PROMPT["prompt"], "max_tokens": 8},
+        headers=AUTH,
+        timeout=60,
+    ).json()
+    assert completion["choices"][0]["text"].strip() == "sun cat red"
+    assert (
+        completion["model"] == "lora-adapter@v1.0.0"
+        and completion["system_fingerprint"] == completion["tuneledger"]["content_id"]
+    )
+
+
+# --- requests from web pages and other host names ------------------------------------------------
+def test_posts_must_be_json(hardened):
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None):
+        headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+        for path in ("/generate", "/admin/reload", "/v1/completions"):
+            reply = httpx.post(f"{hardened['url']}{path}", content=b'{"prompt": "x"}', headers=headers)
+            assert reply.status_code == 415, (path, content_type, reply.text)
+
+
+def test_other_origins_are_refused_and_the_own_origin_is_not(hardened):
+    url, port = hardened["url"], hardened["port"]
+    for origin in ("http://evil.example", "null", f"http://localhost.evil.example:{port}"):
+        for method, path, body in (("POST", "/generate", PROMPT), ("GET", "/version", None)):
+            reply = httpx.request(method, f"{url}{path}", json=body, headers={**AUTH, "Origin": origin})
+            assert reply.status_code == 403, (origin, path)
+    own = httpx.post(f"{url}/generate", json=PROMPT, headers={**AUTH, "Origin": url}, timeout=60)
+    assert own.status_code == 200
+
+
+def test_host_names_other_than_the_bound_ones_are_refused(hardened):
+    """DNS rebinding: a page on evil.example resolved to 127.0.0.1 sends Host: evil.example."""
+    for host in ("evil.example", f"evil.example:{hardened['port']}", "127.0.0.1.nip.io"):
+        reply = httpx.get(f"{hardened['url']}/version", headers={**AUTH, "Host": host})
+        assert reply.status_code == 400, host
+    assert httpx.get(f"{hardened['url']}/version", headers={**AUTH, "Host": "localhost"}).status_code == 200
+
+
+# --- overload ---------------------------------------------------------------------------------------
+def trickle_body(port: int, pause: float = 0.2) -> tuple[int | None, float]:
+    """A request whose body arrives a byte at a time: (status, seconds until the server answered)."""
+    body = json.dumps(PROMPT).encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for byte in body:
+            try:
+                sock.send(bytes([byte]))
+                sock.settimeout(pause)
+                if sock.recv(1, socket.MSG_PEEK):
+                    break  # answered before the body was complete
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        sock.settimeout(BODY_TIMEOUT + 10)
+        head = sock.recv(64)
+    return (int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None), time.monotonic() - started
+
+
+def test_a_trickling_body_gets_408_at_the_body_deadline(hardened):
+    status, seconds = trickle_body(hardened["port"])
+    assert status == 408 and BODY_TIMEOUT <= seconds < BODY_TIMEOUT + SLACK
+    assert httpx.post(f"{hardened['url']}/generate", json=PROMPT, headers=AUTH, timeout=60).status_code == 200
+
+
+def test_headers_that_never_end_lose_the_connection(hardened):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", hardened["port"])) as sock:
+        sock.sendall(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        sock.settimeout(HEADER_TIMEOUT + 10)
+        assert sock.recv(64) == b""  # closed by the server
+    assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + SLACK
+
+
+def test_64_concurrent_clients_each_get_a_status_within_their_deadline(hardened):
+    """More clients than the queue holds, some impatient: 200, 503 (with Retry-After) or 504, never a
+    hang and never a request without a status; /health answers throughout."""
+    url, errors, outcomes, health = hardened["url"], [], [], []
+    start, stop = threading.Barrier(65), threading.Event()
+
+    def client(index: int) -> None:
+        try:
+            start.wait()
+            impatient = index % 8 == 0  # gives up after 50 ms: the server logs 499
+            began = time.monotonic()
+            try:
+                reply = httpx.post(
+                    f"{url}/generate", json=LONG, headers=AUTH, timeout=0.05 if impatient else 60
+                )
+            except httpx.TimeoutException:
+                assert impatient
+                return
+            outcomes.append((reply.status_code, time.monotonic() - began, reply.headers.get("Retry-After")))
+        except Exception as exc:  # recorded, never swallowed
+            errors.append(f"client {index}: {type(exc).__name__}: {exc}")
+
+    def probe() -> None:
+        try:
+            start.wait()
+            with httpx.Client() as session:
+                while not stop.is_set():
+                    began = time.perf_counter()
+                    assert session.get(f"{url}/health", timeout=10).status_code == 200
+                    health.append(time.perf_counter() - began)
+                    time.sleep(0.02)
+        except Exception as exc:
+            errors.append(f"probe: {type(exc).__name__}: {exc}")
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(64)]
+    prober = threading.Thread(target=probe)
+    for thread in [*clients, prober]:
+        thread.start()
+    for thread in clients:
+        thread.join(timeout=120)
+    stop.set()
+    prober.join(timeout=30)
+    assert not errors
+    statuses = Counter(status for status, _, _ in outcomes)
+    assert len(outcomes) >= 64 - 8 and set(statuses) <= {200, 503, 504}, statuses
+    assert statuses[200] > 0 and statuses[503] > 0, statuses
+    assert max(seconds for _, seconds, _ in outcomes) < REQUEST_TIMEOUT + SLACK
+    assert all(retry.isdigit() and int(retry) >= 1 for status, _, retry in outcomes if status == 503)
+    assert sorted(health)[int(0.99 * (len(health) - 1))] < 0.5  # loose; `make bench` measures < 100 ms
+    wait_until(lambda: logged_statuses(hardened, "/generate")[499] > 0, timeout=10)
+
+
+def test_requests_past_their_deadline_get_504_and_the_model_skips_them(hardened):
+    """The machine stalls (the server is stopped) while requests wait: when it resumes, every one
+    of them is past its deadline, answered 504 at once, and none is generated for nobody."""
+    url, proc, outcomes, errors = hardened["url"], hardened["proc"], [], []
+
+    def client() -> None:
+        try:
+            reply = httpx.post(f"{url}/generate", json=LONG, headers=AUTH, timeout=60)
+            outcomes.append(reply.status_code)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    clients = [threading.Thread(target=client) for _ in range(MAX_QUEUE)]
+    for thread in clients:
+        thread.start()
+    wait_until(lambda: httpx.get(f"{url}/health").json()["queue"]["admitted"] >= 4, timeout=30)
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(REQUEST_TIMEOUT + 0.5)
+    resumed = time.monotonic()
+    proc.send_signal(signal.SIGCONT)
+    for thread in clients:
+        thread.join(timeout=60)
+    assert not errors and outcomes.count(504) >= 4 and set(outcomes) <= {200, 504}, outcomes
+    assert time.monotonic() - resumed < SLACK
+    # What expired in the queue is skipped: the model is free again at once, not after each generation.
+    wait_until(lambda: httpx.get(f"{url}/health").json()["queue"]["admitted"] == 0, timeout=1.0)
+
+
+# --- the shadow cannot hurt prod ----------------------------------------------------------------
+def shadow_state(hardened) -> dict:
+    return version(hardened)["shadow"]
+
+
+def test_a_stalled_shadow_drops_requests_and_prod_keeps_answering(hardened):
+    wait_until(lambda: shadow_state(hardened)["state"] == "ready", 120)
+    pid = shadow_state(hardened)["pid"]
+    nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert nice == 19
+    dropped = shadow_state(hardened)["dropped"]
+    os.kill(pid, signal.SIGSTOP)  # a shadow too slow to keep up
+    try:
+        for _ in range(8):
+            reply = httpx.post(f"{hardened['url']}/generate", json=PROMPT, headers=AUTH, timeout=60)
+            assert reply.status_code == 200 and reply.json()["version"] == "v1.0.0"
+        state = shadow_state(hardened)
+        assert state["queued"] <= 2 and state["dropped"] >= dropped + 6
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_killed_shadow_is_restarted_with_backoff_and_prod_keeps_answering(hardened):
+    wait_until(lambda: shadow_state(hardened)["state"] == "ready", 120)
+    before = shadow_state(hardened)
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_until(lambda: shadow_state(hardened)["state"] == "failed", 10)
+    state = shadow_state(hardened)
+    assert state["error"] == "the shadow process exited" and state["next_attempt_in_s"] > 0
+    for _ in range(4):
+        assert (
+            httpx.post(f"{hardened['url']}/generate", json=PROMPT, headers=AUTH, timeout=60).status_code
+            == 200
+        )
+    assert shadow_state(hardened)["dropped"] >= before["dropped"] + 4
+    wait_until(lambda: shadow_state(hardened)["state"] == "ready", 120)
+    assert shadow_state(hardened)["pid"] != before["pid"]
+
+
+def test_a_failed_reload_shows_a_short_reason_and_keeps_the_details_in_the_log(hardened):
+    repo, url = hardened["repo"], hardened["url"]
+    config = repo / ".dvc/config.local"
+    original = config.read_text()
+    cache = repo / ".tuneledger/serve/versions"
+    run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo)
+    dead = f"http://127.0.0.1:{free_port()}"
+    try:
+        config.write_text(original.replace(original.split("endpointurl = ")[1].split()[0], dead))
+        for path in cache.glob("lora-adapter@v1.1.0*"):
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+        reply = httpx.post(f"{url}/admin/reload", json={}, headers=AUTH, timeout=300)
+        assert reply.status_code == 500
+        detail = reply.json()["detail"]
+        assert detail.startswith("reload failed (fetching v1.1.0 failed); still serving v1.0.0")
+        shown = json.dumps(version(hardened))
+        assert dead not in detail and dead not in shown and str(repo) not in shown
+        assert version(hardened)["last_reload"]["reason"] == "fetching v1.1.0 failed"
+        assert "127.0.0.1" in hardened["stderr"].read_text()  # the details are in the server's log
+        assert (
+            httpx.post(f"{url}/generate", json=PROMPT, headers=AUTH, timeout=60).json()["version"] == "v1.0.0"
+        )
+    finally:
+        config.write_text(original)
+        run("tuneledger", "rollback", "--stage", "prod", cwd=repo)
+
+
+# --- the serving log --------------------------------------------------------------------------------
+def test_a_locked_log_shows_in_health_drops_are_counted_and_prod_answers(hardened):
+    url = hardened["url"]
+    holder = sqlite3.connect(hardened["db"], isolation_level=None, timeout=30)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(LOG_QUEUE + 8):
+            assert httpx.post(f"{url}/generate", json=PROMPT, headers=AUTH, timeout=60).status_code == 200
+        wait_until(lambda: not httpx.get(f"{url}/health").json()["log"]["healthy"], 20)
+        health = httpx.get(f"{url}/health").json()
+        assert health["status"] == "degraded" and health["log"]["write_errors"] > 0
+        assert health["log"]["queued"] <= LOG_QUEUE and health["log"]["dropped"] > 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    wait_until(lambda: httpx.get(f"{url}/health").json()["log"]["healthy"], 30)
+    wait_until(lambda: httpx.get(f"{url}/health").json()["log"]["queued"] == 0, 30)
+
+
+def test_prompts_are_stored_as_digests_unless_asked(hardened):
+    assert httpx.post(f"{hardened['url']}/generate", json=PROMPT, headers=AUTH, timeout=60).status_code == 200
+    db = sqlite3.connect(hardened["db"])
+    wait_until(
+        lambda: db.execute("SELECT COUNT(*) FROM requests WHERE prompt_sha256 IS NOT NULL").fetchone()[0]
+    )
+    raw = db.execute(
+        "SELECT COUNT(*) FROM requests WHERE prompt IS NOT NULL OR output IS NOT NULL"
+    ).fetchone()
+    assert raw[0] == 0
+    assert db.execute("SELECT COUNT(*) FROM shadow_pairs WHERE prompt IS NOT NULL").fetchone()[0] == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
