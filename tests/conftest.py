@@ -7,11 +7,13 @@ default; tests that change it work on their own copy of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,35 @@ def use_remote(repo: Path, s3, bucket: str) -> None:
 
     s3.client().create_bucket(Bucket=bucket)
     configure_remote(s3.endpoint, bucket=bucket, cwd=str(repo))
+
+
+@contextlib.contextmanager
+def serving(repo: Path, *args: str, api_key: str | None = None, timeout: float = 300):
+    """`tuneledger serve` (prod) from `repo` on a free loopback port; yields its base URL."""
+    import httpx
+
+    from tuneledger.s3local import free_port
+
+    port = free_port()
+    env = {**os.environ, **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}
+    command = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / "serve.sqlite"), *args]
+    proc = subprocess.Popen(
+        command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    try:
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def commit_all(repo: Path, message: str) -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import make_repo, read_json, run, set_params
+from conftest import commit_all, copy_repo, make_repo, read_json, run, serving, set_params, use_remote
 from test_chat import collated_spans
 from tuneledger import tasks
 
@@ -54,3 +54,58 @@ def test_the_base_template_without_markers_still_masks_exactly(smollm2_run):
         ]
     }
     assert collated_spans(smollm2_run, [row]) == [["sun cat red<|im_end|>", "bee fox owl<|im_end|>"]]
+
+
+def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_path):
+    """nf4 through bitsandbytes on CPU, all linear layers, gradient checkpointing; merged in float32."""
+    from safetensors import safe_open
+
+    repo = copy_repo(smollm2_run, tmp_path / "repo")
+    set_params(
+        repo,
+        **{"model.quantization": "nf4", "lora.target_modules": "all-linear", "export.merge": True},
+        **{"train.max_steps": 4, "train.gradient_checkpointing": True, "eval.max_examples": 4},
+    )
+    run("dvc", "repro", cwd=repo)
+    summary = read_json(repo / "results/train/summary.json")
+    assert summary["steps"] == 4 and summary["final_loss"] is not None
+    adapter = read_json(repo / "models/export/adapter_config.json")
+    assert set(adapter["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    meta = read_json(repo / "models/export/metadata.json")
+    assert meta["params"]["model"]["quantization"] == "nf4"
+    with safe_open(repo / "models/export/merged/model.safetensors", "pt") as merged:
+        weight = merged.get_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert str(weight.dtype) == "torch.float32" and tuple(weight.shape) == (576, 576)
+
+
+def test_registered_and_served_to_the_openai_client(smollm2_run, s3, tmp_path):
+    """The tuned SmolLM2 registered, promoted and served: the real `openai` client gets the answer the
+    package gives locally, whole and streamed, ending at <|im_end|>."""
+    from openai import OpenAI
+
+    repo = copy_repo(smollm2_run, tmp_path / "repo")
+    use_remote(repo, s3, "smollm2")
+    commit_all(repo, "SmolLM2 tuned on chats")
+    run("tuneledger", "register", "--push", cwd=repo)
+    run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
+    messages = [{"role": "user", "content": "reverse: owl fox bee"}]
+    (tmp_path / "messages.json").write_text(json.dumps(messages))
+    local = run("tuneledger", "generate", "models/export", "--messages", tmp_path / "messages.json", cwd=repo)
+    with serving(repo, api_key="smollm2-key") as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="smollm2-key", max_retries=0, timeout=120)
+        reply = client.chat.completions.create(model="lora-adapter", messages=messages, max_tokens=12)
+        streamed = client.chat.completions.create(
+            model="lora-adapter", messages=messages, max_tokens=12, stream=True
+        )
+        pieces = [chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices]
+    assert reply.choices[0].finish_reason == "stop" and reply.model == "lora-adapter@v1.0.0"
+    assert reply.choices[0].message.content.strip() == local.stdout.strip() != ""
+    assert "".join(pieces).strip() == local.stdout.strip()
