@@ -48,6 +48,12 @@ def test_readme_quotes_the_committed_evaluation():
     assert all(map(agrees, shown, actual)), f"README shows {shown}, metrics.json has {actual}"
 
 
+def test_readme_example_answer_names_the_committed_content_id():
+    committed = read_json(PROJECT / "models/export.manifest.json")["content_id"]
+    shown = the_figure(README.read_text(), r'"content_id": "([0-9a-f]+)…"')
+    assert committed.startswith(shown), f"README shows content id {shown}…, the committed one is {committed}"
+
+
 # --- README against bench/results.md --------------------------------------------------------------
 
 
@@ -88,6 +94,7 @@ BENCH_FIGURES = {
         100 * bench_number("new version / base model bytes (GPT-2-124M, computed, package only)")
     ),
     r"`verify` hashes at ([\d.]+)× `openssl": lambda: bench_number("verify throughput / openssl throughput"),
+    r'"latency_ms": ([\d.]+)}': lambda: bench_number("prod p50, no shadow"),
     r"p50 latency unchanged \(([\d.]+)×\)": lambda: bench_number("prod p50 with shadow / without"),
     r"make CPU pre-training about ([\d.]+)× slower": lambda: bench_number(
         "portable / native kernels (CPU pre-training)"

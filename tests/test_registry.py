@@ -348,7 +348,7 @@ def test_a_held_registry_lock_stops_every_writer_at_once(registry_copy, monkeypa
                 r"nothing was changed, retry when it finishes",
                 done.stderr.strip(),
             ), done.stderr
-            assert seconds < 10, f"{name} waited {seconds:.1f}s for the lock instead of failing at once"
+            assert seconds < 15, f"{name} waited {seconds:.1f}s for the lock instead of failing at once"
     assert registry_tags(registry_copy) == before
     for cmd in writers.values():
         run(*cmd, cwd=registry_copy)
