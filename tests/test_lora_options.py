@@ -63,12 +63,23 @@ def test_dora_rslora_and_modules_to_save_reach_peft(default_run):
         ("train.optim", "adamw_fast", "train.optim: unknown 'adamw_fast'"),
     ],
 )
-def test_names_transformers_resolves_are_checked_before_training(trained_repo, key, value, message):
-    set_params(trained_repo, **{key: value})
+def test_names_transformers_resolves_are_checked_before_training(default_run, key, value, message):
+    from tuneledger.stages import train
+
+    group, name = key.split(".")
+    params = load_params(default_run / "params.yaml")
+    params = params.model_copy(update={group: params.train.model_copy(update={name: value})})
+    with pytest.raises(TuneLedgerError) as refused:
+        train.check_train_params(params)
+    assert str(refused.value).startswith(f"params.yaml: {message}") and "\n" not in str(refused.value)
+
+
+def test_a_bad_name_stops_the_stage_with_one_line_and_keeps_the_adapter(trained_repo):
+    set_params(trained_repo, **{"train.optim": "adamw_fast"})
     before = (trained_repo / "models/adapter/adapter_model.safetensors").read_bytes()
     failed = run("python", "-m", "tuneledger.stages.train", cwd=trained_repo, check=False)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
-    assert f"error: params.yaml: {message}" in failed.stderr
+    assert "error: params.yaml: train.optim: unknown 'adamw_fast'" in failed.stderr
     assert (trained_repo / "models/adapter/adapter_model.safetensors").read_bytes() == before
 
 
@@ -97,9 +108,9 @@ def test_step_controls_reach_the_trainer(trained_repo):
 
 
 def test_a_kill_after_a_mid_epoch_checkpoint_resumes_byte_identical(trained_repo):
-    """60 steps an epoch, a checkpoint every 20: killed right after sealing step 20, resumed from it."""
+    """60 steps an epoch, a checkpoint every 10: killed right after sealing step 10, resumed from it."""
     adapter = trained_repo / "models/adapter/adapter_model.safetensors"
-    set_params(trained_repo, **{"train.max_steps": 50, "train.save_steps": 20, "train.eval_steps": 25})
+    set_params(trained_repo, **{"train.max_steps": 25, "train.save_steps": 10, "train.eval_steps": 15})
     run("python", "-m", "tuneledger.stages.train", cwd=trained_repo)
     reference = sha256_file(adapter)
     shutil.rmtree(trained_repo / "models/checkpoints")
@@ -109,10 +120,10 @@ def test_a_kill_after_a_mid_epoch_checkpoint_resumes_byte_identical(trained_repo
         "tuneledger.stages.train",
         cwd=trained_repo,
         check=False,
-        env={FAULT_VARIABLE: "train:sealed:20"},
+        env={FAULT_VARIABLE: "train:sealed:10"},
     )
     assert killed.returncode == -signal.SIGKILL
     assert sha256_file(adapter) == reference  # the earlier adapter is untouched by the killed run
     resumed = run("python", "-m", "tuneledger.stages.train", cwd=trained_repo)
-    assert "resuming from models/checkpoints/checkpoint-20" in resumed.stderr
+    assert "resuming from models/checkpoints/checkpoint-10" in resumed.stderr
     assert sha256_file(adapter) == reference
