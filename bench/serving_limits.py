@@ -2,15 +2,17 @@
 status within its deadline.
 
 The clients, all at once for a fixed time: 32 send /generate requests back to back (more than
-the model queue holds), 16 trickle their request body a byte at a time, 8 send headers a byte at a
-time, and 8 give up on their /generate request after 100 ms. A 65th client probes /health.
+the model queue holds; after a 503 they wait its Retry-After), 16 trickle their request body a
+byte at a time, 8 send headers a byte at a time, and 8 give up on their /generate request after
+100 ms. A 65th client, in a process of its own, probes /health.
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
+import json
 import subprocess
-import threading
+import sys
 import time
 from collections import Counter
 
@@ -22,6 +24,7 @@ SECONDS = 20.0
 REQUEST_TIMEOUT, BODY_TIMEOUT, HEADER_TIMEOUT, MAX_QUEUE = 4.0, 2.0, 2.0, 16
 SLACK = 1.0  # scheduling and transfer allowed beyond a deadline
 BODY = b'{"prompt": "reverse: red cat sun =>", "max_new_tokens": 32}'
+MIX = {"generate": 32, "trickle": 16, "headers": 8, "quit": 8}  # 64 clients
 
 
 def start_server(repo, *options: str):
@@ -48,119 +51,134 @@ def start_server(repo, *options: str):
     raise RuntimeError("server did not start")
 
 
-def _status_line(sock: socket.socket, timeout: float) -> int | None:
-    sock.settimeout(timeout)
+async def _status(reader: asyncio.StreamReader, timeout: float) -> int | str:
+    """The response's status code, or what happened instead."""
     try:
-        head = sock.recv(64)
-    except (TimeoutError, OSError):
-        return None
-    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None
+        head = await asyncio.wait_for(reader.read(64), timeout)
+    except TimeoutError:
+        return "no answer"
+    except OSError as exc:
+        return type(exc).__name__
+    return int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else "closed"
 
 
-def trickle_body(port: int, pause: float = 0.25) -> tuple[int | None, float]:
+async def trickle_body(port: int, pause: float = 0.25) -> tuple[int | str, float]:
     """A POST whose body arrives a byte at a time; returns (status, seconds until answered)."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
             f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(BODY)}\r\n\r\n".encode()
         )
+        answer = asyncio.ensure_future(_status(reader, BODY_TIMEOUT + 30))
+        # A byte arriving as the server answers and closes draws a reset, which discards the
+        # answer on this side: stop writing just before the deadline the server is meant to keep.
         for byte in BODY:
-            try:
-                sock.send(bytes([byte]))
-            except OSError:  # the server answered and closed
+            if answer.done() or time.monotonic() - started > BODY_TIMEOUT - 2 * pause:
                 break
-            sock.settimeout(pause)
-            try:
-                if sock.recv(1, socket.MSG_PEEK):
-                    break
-            except TimeoutError:
-                continue
-        return _status_line(sock, BODY_TIMEOUT + SLACK), time.monotonic() - started
+            writer.write(bytes([byte]))
+            await asyncio.sleep(pause)
+        return await answer, time.monotonic() - started
+    finally:
+        writer.close()
 
 
-def trickle_headers(port: int, pause: float = 0.25) -> tuple[str, float]:
+async def trickle_headers(port: int, pause: float = 0.25) -> tuple[str, float]:
     """Headers a byte at a time; returns how the connection ended and after how long."""
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", port)) as sock:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        closed = asyncio.ensure_future(_status(reader, HEADER_TIMEOUT + 30))
         for byte in b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 1000:
-            try:
-                sock.send(bytes([byte]))
-                sock.settimeout(pause)
-                if sock.recv(1) == b"":
-                    return "closed", time.monotonic() - started
-            except TimeoutError:
-                continue
-            except OSError:
-                return "closed", time.monotonic() - started
-    return "still open", time.monotonic() - started
+            if closed.done() or time.monotonic() - started > HEADER_TIMEOUT - 2 * pause:
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(pause)
+        outcome = await closed
+        return (
+            "closed" if outcome in ("closed", "ConnectionResetError") else outcome
+        ), time.monotonic() - started
+    finally:
+        writer.close()
 
 
-def overload(
-    url: str,
-    port: int,
-    seconds: float = SECONDS,
-    generators: int = 32,
-    tricklers: int = 16,
-    slow_headers: int = 8,
-    quitters: int = 8,
-) -> dict:
-    """Run the mix of clients for `seconds`; return every outcome and the /health latencies."""
-    stop = threading.Event()
-    outcomes: list[tuple[str, object, float]] = []  # (client kind, status or error, seconds)
-    health: list[float] = []
+async def give_up(port: int, after: float = 0.1) -> tuple[str, float]:
+    """A /generate request whose client closes the connection after `after` seconds."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /generate HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n".encode()
+        + BODY
+    )
+    status = await _status(reader, after)
+    writer.close()
+    return ("gave up" if status == "no answer" else status), time.monotonic() - started
+
+
+_PROBE = """
+import json, sys, time, httpx
+url, seconds, latencies = sys.argv[1], float(sys.argv[2]), []
+end = time.monotonic() + seconds
+with httpx.Client() as client:
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        client.get(url, timeout=30).raise_for_status()
+        latencies.append(time.perf_counter() - started)
+        time.sleep(0.05)
+print(json.dumps(latencies))
+"""
+
+
+def probe_health(url: str, seconds: float) -> subprocess.Popen:
+    """/health probed from a process of its own, so the load's clients never delay the probe."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _PROBE, f"{url}/health", str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+
+
+async def _load(url: str, port: int, seconds: float, mix: dict[str, int]) -> dict:
+    outcomes: list[tuple[str, object, float]] = []  # (client kind, status or what happened, seconds)
     errors: list[str] = []
+    end = time.monotonic() + seconds
 
-    def loop(kind: str, action) -> None:
-        try:
-            while not stop.is_set():
-                status, elapsed = action()
-                outcomes.append((kind, status, elapsed))
-        except Exception as exc:  # a client that fails for a reason the test did not plan for
-            errors.append(f"{kind}: {type(exc).__name__}: {exc}")
-
-    def generate(client: httpx.Client, give_up: float | None):
+    async def generate(client: httpx.AsyncClient):
         started = time.monotonic()
-        try:
-            reply = client.post(
-                f"{url}/generate",
-                content=BODY,
-                headers={"Content-Type": "application/json"},
-                timeout=give_up or REQUEST_TIMEOUT + 30,
-            )
-            return reply.status_code, time.monotonic() - started
-        except httpx.TimeoutException:
-            if give_up is None:
-                raise
-            return "gave up", time.monotonic() - started
+        post = client.post(f"{url}/generate", content=BODY, headers={"Content-Type": "application/json"})
+        reply = await asyncio.wait_for(post, REQUEST_TIMEOUT + 60)
+        elapsed = time.monotonic() - started
+        if reply.status_code == 503:  # as the openai client does: wait as told before trying again
+            await asyncio.sleep(min(float(reply.headers["Retry-After"]), max(0.0, end - time.monotonic())))
+        return reply.status_code, elapsed
 
-    def probe() -> None:
-        with httpx.Client() as client:
-            while not stop.is_set():
-                started = time.perf_counter()
-                client.get(f"{url}/health", timeout=10).raise_for_status()
-                health.append(time.perf_counter() - started)
-                time.sleep(0.05)
+    actions = {
+        "generate": generate,
+        "quit": lambda _: give_up(port),
+        "trickle": lambda _: trickle_body(port),
+        "headers": lambda _: trickle_headers(port),
+    }
 
-    kinds = [("generate", None)] * generators + [("quit", 0.1)] * quitters
-    threads = [threading.Thread(target=probe)]
-    for kind, give_up in kinds:
-        client = httpx.Client(timeout=None)
-        threads.append(threading.Thread(target=loop, args=(kind, lambda c=client, g=give_up: generate(c, g))))
-    threads += [
-        threading.Thread(target=loop, args=("trickle", lambda: trickle_body(port))) for _ in range(tricklers)
-    ]
-    threads += [
-        threading.Thread(target=loop, args=("headers", lambda: trickle_headers(port)))
-        for _ in range(slow_headers)
-    ]
-    for thread in threads:
-        thread.start()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=REQUEST_TIMEOUT + 60)
-    return {"outcomes": outcomes, "health": health, "errors": errors}
+    async def client_loop(kind: str) -> None:
+        async with httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_connections=1)) as client:
+            try:
+                while time.monotonic() < end:
+                    status, elapsed = await actions[kind](client)
+                    outcomes.append((kind, status, elapsed))
+            except Exception as exc:  # a failure the server should have answered with a status
+                errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+
+    await asyncio.gather(*(client_loop(kind) for kind, count in mix.items() for _ in range(count)))
+    return {"outcomes": outcomes, "errors": errors}
+
+
+def overload(url: str, port: int, seconds: float = SECONDS, mix: dict[str, int] | None = None) -> dict:
+    """Run the clients (one event loop, so they do not compete with each other for the GIL) for
+    `seconds`; return every outcome and the /health latencies measured meanwhile."""
+    prober = probe_health(url, seconds)
+    result = asyncio.run(_load(url, port, seconds, mix or MIX))
+    result["health"] = json.loads(prober.communicate(timeout=120)[0])
+    return result
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -226,7 +244,7 @@ def run(ctx: dict, rounds: int = 1) -> dict:
             ("/health p99 under load / 100 ms target", p99 / 0.1, p99 / 0.1, max(health) / 0.1, "< 1")
         ],
         "notes": f"`tuneledger serve {' '.join(options)}` on the default model. 32 clients send /generate "
-        "back to back; 16 trickle a body (408 at the body deadline); 8 trickle headers (closed at the header "
-        "deadline); 8 give up after 100 ms (logged as 499). /health answers on the event loop, never behind "
-        "the model.",
+        "back to back (waiting Retry-After after a 503); 16 trickle a body (408 at the body deadline); "
+        "8 trickle headers (closed at the header deadline); 8 give up after 100 ms (logged as 499). /health "
+        "answers on the event loop, never behind the model.",
     }

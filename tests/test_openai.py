@@ -8,7 +8,7 @@ as v1.0.0 in prod, and serves it with an API key and itself as the shadow.
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -16,9 +16,8 @@ import time
 import httpx
 import pytest
 
-from conftest import commit_all, make_repo, run, set_params, use_remote
+from conftest import commit_all, copy_repo, run, serving, set_params, use_remote
 from tuneledger.package import signature
-from tuneledger.s3local import free_port
 
 KEY = "chat-key-0123456789"
 QUESTION = [{"role": "user", "content": "reverse: red cat sun"}]
@@ -26,37 +25,28 @@ ANSWER = "sun cat red"
 
 
 @pytest.fixture(scope="module")
-def chat_served(s3, tmp_path_factory):
-    repo = make_repo(tmp_path_factory.mktemp("chat") / "repo")
-    set_params(repo, **{"data.source": "builtin:reverse-words-chat", "model.chat_template": "chatml"})
+def chat_served(default_run, s3, tmp_path_factory):
+    """The built-in chat task (ChatML on the default run's tiny base) registered as v1.0.0 in prod,
+    served with an API key and with prod as its own shadow."""
+    root = tmp_path_factory.mktemp("chat-serve")
+    base = shutil.copytree(default_run / "models/base", root / "tiny-base")  # not built a second time
+    repo = copy_repo(default_run, root / "repo")
+    set_params(
+        repo,
+        **{
+            "data.source": "builtin:reverse-words-chat",
+            "model.chat_template": "chatml",
+            "model.base": str(base),
+        },
+    )
     use_remote(repo, s3, "chat-serve")
     run("dvc", "repro", cwd=repo)
     commit_all(repo, "a chat model")
     run("tuneledger", "register", "--push", cwd=repo)
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
-    port, db = free_port(), repo / "serve.sqlite"
-    proc = subprocess.Popen(
-        ["tuneledger", "serve", "--port", str(port), "--db", str(db), "--shadow", "prod"],
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "TUNELEDGER_API_KEY": KEY},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.25)
-    content_id = httpx.get(f"{url}/version", headers={"Authorization": f"Bearer {KEY}"}).json()["content_id"]
-    yield {"repo": repo, "url": url, "db": db, "content_id": content_id}
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serving(repo, "--shadow", "prod", api_key=KEY) as url:
+        version = httpx.get(f"{url}/version", headers={"Authorization": f"Bearer {KEY}"}).json()
+        yield {"repo": repo, "url": url, "db": repo / "serve.sqlite", "content_id": version["content_id"]}
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,10 +23,10 @@ PROMPT = {"prompt": "reverse: red cat sun =>"}
 EXPLODING_PROMPT = "reverse: boom boom boom =>"  # the model raises on it (TUNELEDGER_FAULT)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen, stderr: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
+        assert proc.poll() is None, stderr.read_text()
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return
@@ -57,13 +58,12 @@ def served(registry, tmp_path_factory):
             "--log-prompts",
         ],
         cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=(repo / "server.err").open("w"),  # a file: an unread pipe would fill and stall the server
         env={**os.environ, FAULT_VARIABLE: f"serve.generate:{EXPLODING_PROMPT}"},
     )
     url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc)
+    wait_healthy(url, proc, repo / "server.err")
     yield {"repo": repo, "url": url, "db": db, "proc": proc}
     proc.terminate()
     proc.wait(timeout=30)
