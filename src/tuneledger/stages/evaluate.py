@@ -13,7 +13,6 @@ from tuneledger.params import Params
 from tuneledger.progress import say
 from tuneledger.stages import stage_entry
 
-
 METRICS = ("loss", "perplexity", "exact_match")
 
 
