@@ -94,10 +94,9 @@ def test_the_package_carries_the_template_and_its_end_of_turn(chat_run):
     package = chat_run / "models/export"
     template = (package / chat.TEMPLATE_FILE).read_text()
     assert template == (chat.BUILTIN_DIR / "chatml.jinja").read_text()
-    tokenizer_config = read_json(package / "tokenizer_config.json")
-    end_of_turn = next(
-        int(i) for i, t in tokenizer_config["added_tokens_decoder"].items() if t["content"] == "<|im_end|>"
-    )
+    from transformers import AutoTokenizer
+
+    end_of_turn = AutoTokenizer.from_pretrained(package).convert_tokens_to_ids("<|im_end|>")
     assert end_of_turn in read_json(package / "generation_config.json")["eos_token_id"]
     meta = read_json(package / "metadata.json")
     record = meta["base_model"]["chat_template"]
