@@ -51,9 +51,14 @@ def workspace_objects(repo: Path, stages: tuple[str, ...] | None = None) -> list
 
 
 def unlinked(repo: Path, stages: tuple[str, ...] | None = None) -> list[str]:
-    """Workspace files that are a second copy of their cache object rather than the same inode."""
+    """Workspace files that are a second copy of their cache object rather than the same inode.
+
+    A file whose bytes another output file also holds (the final adapter and the last checkpoint's,
+    the trainer's identical READMEs) is one object: DVC links one of them and leaves the others as
+    they are, so only an object that no workspace file links counts."""
     pairs = workspace_objects(repo, stages)
-    return [str(w.relative_to(repo)) for w, obj in pairs if not os.path.samefile(w, obj)]
+    linked = {obj for w, obj in pairs if os.path.samefile(w, obj)}
+    return [str(w.relative_to(repo)) for w, obj in pairs if obj not in linked]
 
 
 def corrupt_objects(repo: Path) -> list[str]:
