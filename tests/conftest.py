@@ -116,6 +116,21 @@ def default_run(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="session")
+def chat_run(default_run, tmp_path_factory):
+    """The built-in chat task with ChatML on the tiny base, after `dvc repro` (read-only for tests).
+
+    The default run's base is used as a local directory, so it is not built a second time.
+    """
+    root = tmp_path_factory.mktemp("chat")
+    base = shutil.copytree(default_run / "models/base", root / "tiny-base")
+    repo = copy_repo(default_run, root / "repo")
+    set_params(repo, **{"data.source": "builtin:reverse-words-chat", "model.chat_template": "chatml"})
+    set_params(repo, **{"model.base": str(base)})
+    run("dvc", "repro", cwd=repo)
+    return repo
+
+
 @pytest.fixture
 def tiny_base_dir(default_run, tmp_path) -> Path:
     """The default run's tiny base as a local model directory (it has no chat template)."""

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 
-import pytest
-
-from conftest import copy_repo, read_json, run, set_params
+from conftest import read_json, run, set_params
 from tuneledger import chat
 from tuneledger.params import load_params
 
-CHAT_PARAMS = {"data.source": "builtin:reverse-words-chat", "model.chat_template": "chatml"}
 MULTI_TURN = {
     "messages": [
         {"role": "system", "content": "Reverse the words."},
@@ -23,20 +19,6 @@ MULTI_TURN = {
         {"role": "assistant", "content": "bee fox owl"},
     ]
 }
-
-
-@pytest.fixture(scope="session")
-def chat_run(default_run, tmp_path_factory):
-    """The built-in chat task with ChatML on the tiny base, after `dvc repro` (read-only for tests).
-
-    The default run's base is used as a local directory, so it is not built a second time.
-    """
-    root = tmp_path_factory.mktemp("chat")
-    base = shutil.copytree(default_run / "models/base", root / "tiny-base")
-    repo = copy_repo(default_run, root / "repo")
-    set_params(repo, **CHAT_PARAMS, **{"model.base": str(base)})
-    run("dvc", "repro", cwd=repo)
-    return repo
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ as v1.0.0 in prod, and serves it with an API key and itself as the shadow.
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -16,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from conftest import commit_all, copy_repo, run, serving, set_params, use_remote
+from conftest import commit_all, copy_repo, run, serving, use_remote
 from tuneledger.package import signature
 
 KEY = "chat-key-0123456789"
@@ -25,22 +24,11 @@ ANSWER = "sun cat red"
 
 
 @pytest.fixture(scope="module")
-def chat_served(default_run, s3, tmp_path_factory):
-    """The built-in chat task (ChatML on the default run's tiny base) registered as v1.0.0 in prod,
-    served with an API key and with prod as its own shadow."""
-    root = tmp_path_factory.mktemp("chat-serve")
-    base = shutil.copytree(default_run / "models/base", root / "tiny-base")  # not built a second time
-    repo = copy_repo(default_run, root / "repo")
-    set_params(
-        repo,
-        **{
-            "data.source": "builtin:reverse-words-chat",
-            "model.chat_template": "chatml",
-            "model.base": str(base),
-        },
-    )
+def chat_served(chat_run, s3, tmp_path_factory):
+    """The built-in chat task (ChatML on the tiny base) registered as v1.0.0 in prod, served with an
+    API key and with prod as its own shadow."""
+    repo = copy_repo(chat_run, tmp_path_factory.mktemp("chat-serve") / "repo")  # trained once, in conftest
     use_remote(repo, s3, "chat-serve")
-    run("dvc", "repro", cwd=repo)
     commit_all(repo, "a chat model")
     run("tuneledger", "register", "--push", cwd=repo)
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
