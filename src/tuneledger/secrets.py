@@ -10,6 +10,10 @@ Three detectors, applied to every string:
 
 `redact_data` works on the structure before it is encoded, so quoting or escaping cannot hide a
 secret from it; encode the result, never redact encoded text when the structure is at hand.
+
+The patterns are written here rather than taken from a scanner such as detect-secrets: scanners
+report findings in files, while this must mask them inside any string, in microseconds per call
+(the serving log redacts every row), and know DVC's config files.
 """
 
 from __future__ import annotations
