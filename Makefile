@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-bench: setup
+bench: setup test-setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/run.py
 
 # A local S3 endpoint on 127.0.0.1:$(S3_PORT) (moto), with the `storage` remote pointed at it

@@ -30,6 +30,7 @@ SECTIONS = [
     "serving_limits",
     "shadow_report_scale",
     "kernels",
+    "real_model",  # SmolLM2-135M: needs `make test-setup` (the model ships in a test-only package)
 ]
 
 
