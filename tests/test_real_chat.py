@@ -4,6 +4,7 @@ ChatML-style template without generation markers) fine-tuned on a messages JSONL
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
     )
     run("dvc", "repro", cwd=repo)
     summary = read_json(repo / "results/train/summary.json")
-    assert summary["steps"] == 4 and summary["final_loss"] is not None
+    assert summary["steps"] == 4 and math.isfinite(summary["train_loss"])
     adapter = read_json(repo / "models/export/adapter_config.json")
     assert set(adapter["target_modules"]) == {
         "q_proj",
