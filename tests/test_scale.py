@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import copy_repo, read_json, run, set_params
+from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.package.safetensors_io import tensor_shapes
 
 
@@ -129,18 +130,23 @@ FSDP = "accelerate launch --config_file configs/accelerate/fsdp_cpu.yaml"
 
 def test_fsdp_with_two_cpu_processes_writes_one_whole_adapter(trained_repo):
     """FSDP v2 through the same stage: sharded while training, one complete adapter from rank 0,
-    loadable by plain peft; the sharding is part of the configuration and the summary."""
+    loadable by plain peft; a kill after a checkpoint resumes; the sharding is in the configuration."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     single = tensor_shapes(trained_repo / "models/adapter/adapter_model.safetensors")
     set_params(trained_repo, **{"train.launcher": FSDP, "train.max_steps": 20, "train.save_steps": 10})
+    killed = run(
+        "dvc", "repro", "train", cwd=trained_repo, check=False, env={FAULT_VARIABLE: "train:sealed:10"}
+    )
+    assert killed.returncode != 0
+    seal = read_json(trained_repo / "models/checkpoints/checkpoint-10/tuneledger-seal.json")
     done = run("dvc", "repro", "train", cwd=trained_repo)
-    assert (done.stdout + done.stderr).count("world size 2") == 1  # rank 0 alone reports and writes
+    log = done.stdout + done.stderr
+    assert "resuming from models/checkpoints/checkpoint-10" in log and log.count("world size 2") == 1
     summary = read_json(trained_repo / "results/train/summary.json")
     assert summary["world_size"] == 2 and summary["steps"] == 20 and summary["sharding"].startswith("fsdp2")
-    seal = read_json(trained_repo / "models/checkpoints/checkpoint-20/tuneledger-seal.json")
     assert summary["config_id"] == seal["config_id"]
     adapter = trained_repo / "models/adapter/adapter_model.safetensors"
     assert tensor_shapes(adapter) == single  # the whole adapter, not one rank's shard
