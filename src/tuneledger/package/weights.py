@@ -95,6 +95,15 @@ class AdaptedLayer:
         """s·B·A (convolution factors flattened to matrices: out × everything else)."""
         return self.scaling * (self.lora_b.flatten(1) @ self.lora_a.flatten(1))
 
+    def low_rank_norm(self) -> float:
+        """‖s·B·A‖ without forming the out × in product: ‖BA‖² = Σ (BᵀB ⊙ AAᵀ), two r × r matrices.
+
+        For a 70B base's MLP layer the product alone would take about 2 GB of float64.
+        """
+        a, b = self.lora_a.flatten(1), self.lora_b.flatten(1)
+        squared = float(((b.T @ b) * (a @ a.T)).sum())
+        return abs(self.scaling) * math.sqrt(max(squared, 0.0))
+
 
 def lora_scaling(config: dict, module: str, rank: int) -> float:
     """peft's scaling for one layer: alpha/√r under rsLoRA, alpha/r otherwise.
@@ -112,32 +121,50 @@ def lora_scaling(config: dict, module: str, rank: int) -> float:
     return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
-def adapted_layers(package: Path) -> dict[str, AdaptedLayer]:
-    """module path → its LoRA factors, scaling and (DoRA) magnitude vector, read with safetensors."""
-    from safetensors import safe_open
+class AdapterWeights:
+    """An adapter package's layers, read with safetensors one layer at a time (an adapter for a 70B
+    base can hold gigabytes of factors)."""
 
-    package = Path(package)
-    config = read_config(package)
-    path = package / WEIGHTS
-    read_header(path)  # the defensive header checks, before any tensor is read
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt") as stored:
-        for name in stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
+    def __init__(self, package: Path):
+        from safetensors import safe_open
+
+        package = Path(package)
+        self.config = read_config(package)
+        path = package / WEIGHTS
+        read_header(path)  # the defensive header checks, before any tensor is read
+        self._stack = ExitStack()
+        self._stored = self._stack.enter_context(safe_open(str(path), framework="pt"))
+        self._names: dict[str, dict[str, str]] = {}
+        for name in self._stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
             lora, magnitude = _LORA.match(name), _MAGNITUDE.match(name)
             if lora:
-                parts.setdefault(lora["module"], {})[lora["part"]] = stored.get_tensor(name).double()
+                self._names.setdefault(lora["module"], {})[lora["part"]] = name
             elif magnitude:
-                parts.setdefault(magnitude["module"], {})["m"] = stored.get_tensor(name).double()
-    return {
-        module: AdaptedLayer(
-            lora_a=found["A"],
-            lora_b=found["B"],
-            scaling=lora_scaling(config, module, rank=found["A"].shape[0]),
-            magnitude=found.get("m"),
+                self._names.setdefault(magnitude["module"], {})["m"] = name
+
+    def __enter__(self) -> AdapterWeights:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def modules(self) -> list[str]:
+        """Adapted layers (those with both LoRA factors), sorted."""
+        return sorted(m for m, names in self._names.items() if "A" in names and "B" in names)
+
+    def layer(self, module: str) -> AdaptedLayer:
+        names = self._names[module]
+        lora_a = self._stored.get_tensor(names["A"]).double()
+        return AdaptedLayer(
+            lora_a=lora_a,
+            lora_b=self._stored.get_tensor(names["B"]).double(),
+            scaling=lora_scaling(self.config, module, rank=lora_a.shape[0]),
+            magnitude=self.magnitude(module),
         )
-        for module, found in parts.items()
-        if "A" in found and "B" in found
-    }
+
+    def magnitude(self, module: str) -> torch.Tensor | None:
+        name = self._names[module].get("m")
+        return self._stored.get_tensor(name).double() if name else None
 
 
 def dora_update(layer: AdaptedLayer, base_weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -193,18 +220,18 @@ def effective_update_norms(package: Path, base: Path | None = None) -> dict[str,
     """
     import torch
 
-    package = Path(package)
-    layers = adapted_layers(package)
-    fan_in_fan_out = bool(read_config(package).get("fan_in_fan_out"))
     norms = {}
     with ExitStack() as stack:
-        needs_base = base is not None and any(layer.magnitude is not None for layer in layers.values())
-        base_weights = stack.enter_context(BaseWeights(base)) if needs_base else None
-        for module, layer in sorted(layers.items()):
-            if layer.magnitude is not None and base_weights is not None:
-                update = dora_update(layer, base_weights.weight_of(module), fan_in_fan_out)
-            else:
-                update = layer.low_rank_update()
+        adapter = stack.enter_context(AdapterWeights(package))
+        fan_in_fan_out = bool(adapter.config.get("fan_in_fan_out"))
+        base_weights = None
+        for module in adapter.modules():
+            layer = adapter.layer(module)
+            if layer.magnitude is None or base is None:
+                norms[module] = layer.low_rank_norm()
+                continue
+            base_weights = base_weights or stack.enter_context(BaseWeights(base))
+            update = dora_update(layer, base_weights.weight_of(module), fan_in_fan_out)
             norms[module] = float(torch.linalg.matrix_norm(update))
     return norms
 
@@ -218,14 +245,15 @@ def magnitude_changes(candidate: Path, reference: Path) -> dict[str, float]:
     """
     import torch
 
-    new, old = adapted_layers(candidate), adapted_layers(reference)
     changes = {}
-    for module in new.keys() & old.keys():
-        m_new, m_old = new[module].magnitude, old[module].magnitude
-        if m_new is not None and m_old is not None and m_new.shape == m_old.shape:
-            changes[f"{module}.lora_magnitude_vector"] = float(
-                torch.linalg.vector_norm(m_new - m_old) / max(float(torch.linalg.vector_norm(m_old)), 1e-12)
-            )
+    with AdapterWeights(candidate) as new, AdapterWeights(reference) as old:
+        for module in sorted(set(new.modules()) & set(old.modules())):
+            m_new, m_old = new.magnitude(module), old.magnitude(module)
+            if m_new is not None and m_old is not None and m_new.shape == m_old.shape:
+                change = torch.linalg.vector_norm(m_new - m_old) / torch.linalg.vector_norm(m_old).clamp_min(
+                    1e-12
+                )
+                changes[f"{module}.lora_magnitude_vector"] = float(change)
     return changes
 
 
