@@ -22,6 +22,7 @@ PACKAGE_FILES = {
     "adapter_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
+    "generation_config.json",  # every token that ends an answer, for plain transformers `generate`
     "README.md",
     "metadata.json",
     "signature.json",
