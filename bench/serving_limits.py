@@ -44,7 +44,7 @@ def start_server(repo, *options: str):
     for _ in range(600):
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url, port
+                return proc, url, port, repo / f"limits-{port}.db"
         except httpx.HTTPError:
             time.sleep(0.25)
     proc.terminate()
@@ -181,6 +181,13 @@ def overload(url: str, port: int, seconds: float = SECONDS, mix: dict[str, int] 
     return result
 
 
+def _slowest(db) -> list[tuple[int, float]]:
+    import sqlite3
+
+    query = "SELECT status, MAX(latency_ms) FROM requests WHERE path = '/generate' GROUP BY status"
+    return sqlite3.connect(db).execute(query).fetchall()
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -198,7 +205,7 @@ def run(ctx: dict, rounds: int = 1) -> dict:
         "--header-timeout",
         str(HEADER_TIMEOUT),
     ]
-    proc, url, port = start_server(repo, *options)
+    proc, url, port, db = start_server(repo, *options)
     try:
         idle = []
         with httpx.Client() as client:
@@ -237,7 +244,17 @@ def run(ctx: dict, rounds: int = 1) -> dict:
                 f"{slowest:.2f} s",
                 f"deadline {REQUEST_TIMEOUT:g} s from admission (then 504); queue {MAX_QUEUE} (then 503)",
             ),
-            ("requests past their deadline", str(len(late)), f"allowing {SLACK:g} s beyond each deadline"),
+            (
+                "requests past their deadline, client side",
+                str(len(late)),
+                f"allowing {SLACK:g} s beyond each deadline; "
+                + "; ".join(f"{k} {st} {t:.2f} s" for k, st, t in late[:3]),
+            ),
+            (
+                "slowest answer per status, server side",
+                ", ".join(f"{status}: {ms / 1000:.2f} s" for status, ms in _slowest(db)),
+                "from the serving log: from the request's arrival to its status",
+            ),
             ("requests without a status", str(len(lost)), "; ".join(map(str, lost[:3])) or "none"),
         ],
         "ratios": [

@@ -118,7 +118,10 @@ def test_oversized_bodies_get_413_and_the_server_lives(served):
     huge = {"prompt": "x" * 1_000_000}
     assert post(served["url"], huge).status_code == 413
     chunked = httpx.post(
-        f"{served['url']}/generate", content=iter([b'{"prompt": "', b"x" * 200_000, b'"}']), timeout=60
+        f"{served['url']}/generate",
+        content=iter([b'{"prompt": "', b"x" * 200_000, b'"}']),
+        headers={"Content-Type": "application/json"},
+        timeout=60,
     )
     assert chunked.status_code == 413
     assert post(served["url"], PROMPT).status_code == 200
@@ -136,8 +139,12 @@ def shadow_on(served, version: str) -> None:
     if not any(row["version"] == version and "staging" in row["stages"] for row in json.loads(holder)):
         run("tuneledger", "promote", version, "--stage", "staging", "--force", "--reason", "test", cwd=repo)
         assert httpx.post(f"{url}/admin/reload", json={}, timeout=300).status_code == 200
-    wait_until(lambda: httpx.get(f"{url}/version").json()["shadow"]["state"] == "ready", 300)
-    assert httpx.get(f"{url}/version").json()["shadow"]["version"] == version
+
+    def running() -> bool:
+        shadow = httpx.get(f"{url}/version").json()["shadow"]
+        return shadow["state"] == "ready" and shadow["version"] == version
+
+    wait_until(running, 300)  # the shadow restarts in the background
 
 
 def wait_until(condition, timeout: float = 60) -> None:
