@@ -123,7 +123,7 @@ def test_every_module_a_stage_imports_is_one_of_its_deps(name):
 
 def param_groups_read(path: Path) -> set[str]:
     """Param groups read through a `Params` argument: `params.lora`, `params.group("lora")`,
-    and every group for `params.model_dump()`."""
+    and every group for `params.model_dump()` but those it excludes (`exclude={"registry"}`)."""
     from tuneledger.params import Params
 
     groups = set(Params.model_fields)
@@ -145,7 +145,7 @@ def param_groups_read(path: Path) -> set[str]:
             if node.attr in groups:
                 read.add(node.attr)
             elif node.attr == "model_dump":
-                read.update(groups)
+                read.update(groups - dumped_without(function, node))
         for call in (n for n in ast.walk(function) if isinstance(n, ast.Call)):
             target = call.func
             if (
@@ -158,6 +158,15 @@ def param_groups_read(path: Path) -> set[str]:
             ):
                 read.add(call.args[0].value)
     return read
+
+
+def dumped_without(function: ast.AST, method: ast.Attribute) -> set[str]:
+    """The groups a `params.model_dump(exclude={...})` call leaves out."""
+    for call in (n for n in ast.walk(function) if isinstance(n, ast.Call) and n.func is method):
+        for keyword in call.keywords:
+            if keyword.arg == "exclude" and isinstance(keyword.value, ast.Set):
+                return {e.value for e in keyword.value.elts if isinstance(e, ast.Constant)}
+    return set()
 
 
 @pytest.mark.parametrize("name", STAGES)

@@ -113,7 +113,8 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     record = metadata.build(
         content_id=content_id,
         git={"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "dirty_paths": dirty},
-        params=params.model_dump(mode="json"),
+        # The registry's promotion policy is not part of the model: changing it must not rebuild packages.
+        params=params.model_dump(mode="json", exclude={"registry"}),
         data=_data_record(),
         base_model=_base_record(),
         adapter=describe_adapter(staged),
