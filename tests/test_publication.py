@@ -7,6 +7,7 @@ killed right after it has begun (`publish:begun`), which shows what every rerun 
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -124,18 +125,13 @@ def test_export_killed_between_package_and_manifest_reruns_into_a_verified_packa
     (trained_repo / "models/.export.backup/keep.txt").write_text("mine")
     set_params(trained_repo, **{"export.max_new_tokens": 16})  # the new package differs from the old
     stage = "export"
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:moved:0"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:moved:0").returncode == KILLED
     with pytest.raises(VerificationFailed):  # the window: new package, old manifest
         verify(trained_repo / "models/export")
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:begun"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:begun").returncode == KILLED
     verify(trained_repo / "models/export")
-    assert '"max_new_tokens": 16' in (trained_repo / "models/export/signature.json").read_text()
+    signature = json.loads((trained_repo / "models/export/signature.json").read_text())
+    assert signature["params"]["max_new_tokens"]["maximum"] == 16
     assert (trained_repo / "models/.export.backup/keep.txt").read_text() == "mine"
 
 
@@ -144,15 +140,9 @@ def test_export_killed_between_package_and_manifest_reruns_into_a_verified_packa
 def test_train_killed_between_adapter_and_logs_reruns_into_matching_outputs(trained_repo):
     old_summary = (trained_repo / "results/train/summary.json").read_text()
     stage = "train"
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:moved:0"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:moved:0").returncode == KILLED
     assert (trained_repo / "results/train/summary.json").read_text() == old_summary  # the window
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:begun"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:begun").returncode == KILLED
     new_summary = (trained_repo / "results/train/summary.json").read_text()
     assert new_summary != old_summary and '"resumed_from": "models/checkpoints/' in new_summary
     assert (trained_repo / "models/adapter/adapter_model.safetensors").is_file()
@@ -168,15 +158,9 @@ def test_prepare_killed_between_data_and_base_reruns_into_matching_outputs(train
     set_params(trained_repo, **{"model.base": str(local_base), "data.val_fraction": 0.2})
     old_base, _ = tree_digest(trained_repo / "models/base")
     stage = "prepare"
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:moved:0"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:moved:0").returncode == KILLED
     assert tree_digest(trained_repo / "models/base")[0] == old_base  # the window: new data, old base
-    assert (
-        run(*stage, cwd=trained_repo, check=False, env={"TUNELEDGER_FAULT": "publish:begun"}).returncode
-        == KILLED
-    )
+    assert run_stage(trained_repo, stage, "publish:begun").returncode == KILLED
     assert tree_digest(trained_repo / "models/base")[0] != old_base
     assert str(local_base) in (trained_repo / "models/base/tuneledger-source.json").read_text()
     val_rows = (trained_repo / "data/prepared/val.jsonl").read_text().count("\n")

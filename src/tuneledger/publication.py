@@ -13,6 +13,7 @@ the real paths (no symlink indirection), hence this small journal rather than a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.faults import fault_point
-from tuneledger.fsutil import disk_space_errors, write_text_atomic
+from tuneledger.fsutil import DISK_FULL, disk_space_errors, write_text_atomic
 
 NEW = ".tuneledger-new"
 OLD = ".tuneledger-old"
@@ -76,6 +77,10 @@ class Publication:
         if error is not None and not self.committed:
             for target in self.targets:
                 _remove(staged_path(target))
+            if isinstance(error, OSError) and error.errno in DISK_FULL:
+                what = " and ".join(f"the new {t}" for t in self.targets)
+                with disk_space_errors(self.targets[0].parent, what):
+                    raise error
             return
         if not self.committed:
             self.commit()
@@ -139,3 +144,57 @@ def _publish_mode(staged: Path) -> None:
     os.umask(umask)
     if staged.is_dir():
         os.chmod(staged, 0o777 & ~umask)
+
+
+class StageOutputs(Publication):
+    """A pipeline stage's outputs: staged files whose bytes the DVC cache already holds are
+    published as hard links to those cache objects.
+
+    Before a stage runs, DVC replaces its persisted outputs by private copies (unprotect), and after
+    it, DVC links a file to the cache only when it stores a new object. A file rebuilt byte for
+    byte (the base, when only the data changed) would stay a second full copy beside the cache.
+    Linking is safe because no stage writes into a file it did not just create.
+    """
+
+    def commit(self) -> None:
+        link_to_dvc_cache(*(staged_path(target) for target in self.targets))
+        super().commit()
+
+
+def link_to_dvc_cache(*paths: Path) -> None:
+    """Replace each file under paths whose bytes the DVC cache holds by a hard link to that object."""
+    cache = _dvc_cache()
+    if cache is not None:
+        for path in paths:
+            _link_cached(path, cache)
+
+
+def _dvc_cache():
+    """The project's local DVC cache, or None outside a DVC project."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+
+    try:
+        with Repo(os.getcwd()) as repo:
+            return repo.cache.local
+    except NotDvcRepoError:
+        return None
+
+
+def _link_cached(root: Path, cache) -> None:
+    files = [root] if root.is_file() else [f for f in root.rglob("*") if f.is_file() and not f.is_symlink()]
+    for path in files:
+        cached = Path(cache.oid_to_path(_md5(path)))  # DVC names a file object by the MD5 of its bytes
+        if not cached.is_file() or cached.stat().st_size != path.stat().st_size:
+            continue
+        link = path.with_name(f".{path.name}.tuneledger-link")
+        try:
+            os.link(cached, link)
+        except OSError:  # another filesystem, or no hard links there: keep the copy
+            continue
+        os.replace(link, path)
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()

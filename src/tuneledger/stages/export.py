@@ -27,7 +27,7 @@ from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
 from tuneledger.params import Params
 from tuneledger.progress import say
-from tuneledger.publication import Publication
+from tuneledger.publication import StageOutputs
 from tuneledger.stages import stage_entry
 
 
@@ -134,7 +134,7 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
 
 
 def run(params: Params) -> manifest.Manifest:
-    with Publication(EXPORT_DIR, MANIFEST_FILE) as outputs:
+    with StageOutputs(EXPORT_DIR, MANIFEST_FILE) as outputs:
         built = build_package(params, outputs.staged_dir(EXPORT_DIR))
         outputs.staged_file(MANIFEST_FILE).write_text(built.to_json(), encoding="utf-8")
     say(f"exported {EXPORT_DIR} ({len(built.files)} files), content id {built.content_id}")

@@ -6,7 +6,7 @@ from tuneledger import base_model, data
 from tuneledger.layout import BASE_DIR, PREPARED_DIR
 from tuneledger.params import Params
 from tuneledger.progress import say
-from tuneledger.publication import Publication
+from tuneledger.publication import StageOutputs
 from tuneledger.stages import stage_entry
 
 
@@ -14,7 +14,7 @@ def run(params: Params) -> None:
     # Data first: a broken dataset line should fail in a second, not after a model download.
     rows, origin = data.load_source(params.data, params.seed)
     splits = data.split(rows, params.data, params.seed)
-    with Publication(PREPARED_DIR, BASE_DIR) as outputs:
+    with StageOutputs(PREPARED_DIR, BASE_DIR) as outputs:
         prepared = outputs.staged_dir(PREPARED_DIR)
         for name, split_rows in splits.items():
             data.write_split(split_rows, prepared / f"{name}.jsonl")

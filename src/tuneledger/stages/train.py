@@ -27,7 +27,7 @@ from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_D
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES
 from tuneledger.params import Params
 from tuneledger.progress import say
-from tuneledger.publication import Publication, staged_path
+from tuneledger.publication import StageOutputs, link_to_dvc_cache, staged_path
 from tuneledger.stages import stage_entry
 
 
@@ -44,7 +44,7 @@ def run(params: Params) -> dict:
     model = adapted_model(params)
     train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
     masked_by_template = assistant_masks(params, tokenizer, train_rows)
-    outputs = Publication(ADAPTER_DIR, TRAIN_RESULTS).begin() if primary else None
+    outputs = StageOutputs(ADAPTER_DIR, TRAIN_RESULTS).begin() if primary else None
     live = _live(outputs) if outputs else None
     trainer = SFTTrainer(
         model=model,
@@ -168,7 +168,27 @@ def adapted_model(params: Params):
     try:
         return get_peft_model(model, lora_config(params))
     except ValueError as exc:  # peft's own check of the names against the model
-        raise TuneLedgerError(f"params.yaml: lora: {str(exc).splitlines()[0]}") from None
+        unknown = _unknown_targets(params.lora.target_modules, model)
+        raise TuneLedgerError(unknown or f"params.yaml: lora: {str(exc).splitlines()[0]}") from None
+
+
+def _unknown_targets(targets, model) -> str | None:
+    """peft says only that no name matched; the user needs the names the model does have."""
+    if not isinstance(targets, list):
+        return None
+    from transformers.pytorch_utils import Conv1D
+
+    layers = (torch.nn.Linear, Conv1D)  # what LoRA can adapt here; 4-bit layers subclass Linear
+    has = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, layers)}
+    )
+    missing = [t for t in targets if t not in has]
+    if not missing:
+        return None
+    return (
+        f"params.yaml: lora.target_modules: {missing} not in the base model (it has {', '.join(has)}); "
+        "use names from that list, `auto` or `all-linear`"
+    )
 
 
 def assistant_masks(params: Params, tokenizer, rows: list[dict]) -> bool:
@@ -249,7 +269,7 @@ def _resumable_checkpoint(config: str, primary: bool):
     return resume
 
 
-def _live(outputs: Publication) -> Live:
+def _live(outputs: StageOutputs) -> Live:
     # dvclive writes into the staged results/train, published with the adapter or not at all.
     # No dvc.yaml edits and no experiment of its own: dvc.yaml declares the plots, DVC owns experiments.
     return Live(str(outputs.staged_dir(TRAIN_RESULTS)), dvcyaml=None, save_dvc_exp=False, report=None)
@@ -275,7 +295,7 @@ def _write_canonical_config(adapter_dir) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _publish(staged, live, summary: dict, outputs: Publication) -> None:
+def _publish(staged, live, summary: dict, outputs: StageOutputs) -> None:
     """Put the adapter and the logs into place together, only now that training has succeeded."""
     for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # tokenizer, README, a pickled args file
         os.remove(staged / extra)
@@ -284,6 +304,7 @@ def _publish(staged, live, summary: dict, outputs: Publication) -> None:
     summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
     summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     outputs.commit()
+    link_to_dvc_cache(CHECKPOINTS_DIR)  # the trainer writes checkpoints in place, not through `outputs`
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
 
 
