@@ -1,4 +1,5 @@
-"""The `tuneledger` command: a thin layer that parses arguments and calls the Python API."""
+"""The `tuneledger` command: a thin layer that parses arguments, makes one call into the Python API
+(`tuneledger.registry.api`) and prints the result."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneledger.errors import TuneLedgerError, friendly_errors
+from tuneledger.errors import friendly_errors
 from tuneledger.layout import EXPORT_DIR
 from tuneledger.progress import quiet_libraries
+from tuneledger.registry import api
+from tuneledger.registry.artifacts import DEFAULT_NAME
 
 app = typer.Typer(
     help="Versioned, reproducible and safely deployable LoRA fine-tuning.",
@@ -35,12 +38,21 @@ def _global(
         os.environ["TUNELEDGER_DEBUG"] = "1"
 
 
+def command(name: str | None = None):
+    """Register a command. Whatever it raises is reported as one line `error: ...` with a non-zero
+    exit; the traceback only with --debug."""
+
+    def register(function):
+        return app.command(name)(friendly_errors(function))
+
+    return register
+
+
 def _print_json(value) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-@app.command()
-@friendly_errors
+@command()
 def verify(
     package: Annotated[Path, typer.Argument(help="Package directory.")] = EXPORT_DIR,
     manifest: Annotated[
@@ -48,16 +60,13 @@ def verify(
     ] = None,
 ) -> None:
     """Check every file of a package against its manifest (SHA-256); exit 1 on any difference."""
-    from tuneledger.package.verify import verify as verify_package
-
-    checked = verify_package(package, manifest)
+    checked = api.verify_package(package, manifest)
     out.print(
         f"ok: {package} matches its manifest ({len(checked.files)} files), content id {checked.content_id}"
     )
 
 
-@app.command()
-@friendly_errors
+@command()
 def generate(
     package: Annotated[Path, typer.Argument(help="Package directory.")],
     prompt: Annotated[str | None, typer.Argument(help="Prompt text (or use --messages).")] = None,
@@ -76,41 +85,20 @@ def generate(
     device: Annotated[str | None, typer.Option(help="e.g. cpu or cuda:0 (default: best available).")] = None,
 ) -> None:
     """Answer one prompt (or one conversation) with a verified package, within its signature."""
-    from tuneledger.predict import Predictor
-
-    if (prompt is None) == (messages is None):
-        raise TuneLedgerError("generate: give a PROMPT or --messages FILE.json (one of them)")
-    conversation = _read_messages(messages) if messages is not None else None
-    predictor = Predictor.open(package, base=base, device=device)
-    params = {"max_new_tokens": max_new_tokens, "temperature": temperature}
-    params = {k: v for k, v in params.items() if v is not None}
-    if conversation is not None:
-        typer.echo(predictor.chat(conversation, params))
-    else:
-        typer.echo(predictor.predict(prompt, params))
-
-
-def _read_messages(source: str) -> list:
-    """The conversation given to `generate --messages`: a JSON list of turns, or {"messages": [...]}."""
-    name = "stdin" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-        body = json.loads(text)
-    except OSError as exc:
-        raise TuneLedgerError(f"--messages {name}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise TuneLedgerError(
-            f"--messages {name}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
-        ) from None
-    if isinstance(body, dict) and "messages" in body:
-        body = body["messages"]
-    if not isinstance(body, list):
-        raise TuneLedgerError(f"--messages {name}: expected a list of {{role, content}} turns")
-    return body
+    typer.echo(
+        api.generate(
+            package,
+            prompt,
+            messages,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            base=base,
+            device=device,
+        )
+    )
 
 
-@app.command()
-@friendly_errors
+@command()
 def diff(
     a: Annotated[str, typer.Argument(help="Package directory or git revision.")],
     b: Annotated[str, typer.Argument(help="Package directory or git revision.")],
@@ -118,9 +106,7 @@ def diff(
     all_keys: Annotated[bool, typer.Option("--all", help="Show equal values too.")] = False,
 ) -> None:
     """Compare two versions: params, LoRA shape read from the weights, metrics, content ids."""
-    from tuneledger.package.diff import compare
-
-    result = compare(a, b)
+    result = api.diff(a, b)
     if as_json:
         _print_json(result)
         return
@@ -153,19 +139,14 @@ def _table(title: str, rows: list[dict], columns: list[str]) -> None:
     out.print(table)
 
 
-@app.command()
-@friendly_errors
+@command()
 def register(
-    name: NameOption = "lora-adapter",
+    name: NameOption = DEFAULT_NAME,
     bump: Annotated[str, typer.Option(help="major, minor or patch.")] = "minor",
     version: Annotated[str | None, typer.Option(help="An explicit version, e.g. v1.2.0.")] = None,
     push: Annotated[bool, typer.Option("--push", help="dvc push before checking the remote.")] = False,
 ) -> None:
     """Register HEAD's export as a new version (clean workspace, verified, healthy, pushed)."""
-    from tuneledger.registry import api
-
-    if bump not in ("major", "minor", "patch"):
-        raise TuneLedgerError(f"--bump must be major, minor or patch (got {bump!r})")
     result = api.register(name, bump=bump, version=version, push_first=push)
     out.print(
         f"registered {result['name']}@{result['version']} (commit {result['commit'][:12]}, "
@@ -173,12 +154,11 @@ def register(
     )
 
 
-@app.command()
-@friendly_errors
+@command()
 def promote(
     version: Annotated[str, typer.Argument(help="Version to promote, e.g. v1.3.0.")],
-    stage: Annotated[str, typer.Option(help="dev, staging or prod.")],
-    name: NameOption = "lora-adapter",
+    stage: Annotated[str, typer.Option(help="A stage declared in .gto.")],
+    name: NameOption = DEFAULT_NAME,
     force: Annotated[
         bool, typer.Option("--force", help="Promote despite failed checks (needs --reason).")
     ] = False,
@@ -189,14 +169,15 @@ def promote(
     db: Annotated[Path | None, typer.Option(help="Serving log holding the shadow pairs.")] = None,
 ) -> None:
     """Run the gate, then point STAGE at VERSION."""
-    from tuneledger.registry import api
-
-    extra = []
-    if require_shadow_agreement is not None:
-        from tuneledger.serve.gate import shadow_check
-
-        extra.append(shadow_check(version, require_shadow_agreement, db))
-    result = api.promote(version, stage, name=name, force=force, reason=reason, extra_checks=extra)
+    result = api.promote(
+        version,
+        stage,
+        name=name,
+        force=force,
+        reason=reason,
+        require_shadow_agreement=require_shadow_agreement,
+        db=db,
+    )
     _table(
         f"gate for {name} {version} → {stage}",
         [
@@ -209,29 +190,23 @@ def promote(
     out.print(f"{stage}: {result['from'] or '(none)'} → {version}{forced}")
 
 
-@app.command()
-@friendly_errors
+@command()
 def rollback(
     stage: Annotated[str, typer.Option(help="Stage to move back.")],
-    name: NameOption = "lora-adapter",
+    name: NameOption = DEFAULT_NAME,
     to: Annotated[
         str | None, typer.Option(help="Version to return to (default: the previous holder).")
     ] = None,
     reason: Annotated[str | None, typer.Option(help="Why; recorded in the registry.")] = None,
 ) -> None:
     """Give STAGE back to its previous version (a new assignment tag, never an unassignment)."""
-    from tuneledger.registry import api
-
     result = api.rollback(stage, name=name, to=to, reason=reason)
     out.print(f"{stage}: {result['from']} → {result['to']} in {result['seconds']:.2f}s")
 
 
-@app.command()
-@friendly_errors
+@command()
 def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: JsonOption = False) -> None:
     """Registered versions, the stages they hold, content ids and key metrics."""
-    from tuneledger.registry import api
-
     rows = api.show(name)
     if as_json:
         _print_json(rows)
@@ -248,8 +223,7 @@ def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: Js
     )
 
 
-@app.command()
-@friendly_errors
+@command()
 def history(
     name: Annotated[str | None, typer.Option("--name")] = None,
     db: Annotated[
@@ -258,14 +232,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Who registered, promoted and rolled back what, when and why (newest first)."""
-    from tuneledger.registry import api
-    from tuneledger.serve import log
-
-    rows = api.history(name)
-    db = db or (log.DEFAULT_DB if log.DEFAULT_DB.is_file() else None)
-    if db is not None:
-        served = [e for e in log.serving_events(db) if name is None or e["artifact"] == name]
-        rows = sorted(rows + served, key=lambda r: r["time"], reverse=True)
+    rows = api.history(name, db)
     if as_json:
         _print_json(rows)
         return
@@ -274,15 +241,14 @@ def history(
     )
 
 
-@app.command()
-@friendly_errors
+@command()
 def fetch(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Directory to publish the verified package in.")
     ],
     stage: Annotated[str | None, typer.Option(help="Fetch the version this stage points at.")] = None,
     version: Annotated[str | None, typer.Option(help="Fetch this version.")] = None,
-    name: NameOption = "lora-adapter",
+    name: NameOption = DEFAULT_NAME,
     with_base: Annotated[
         bool, typer.Option("--with-base", help="Also fetch the base model into OUTPUT.base/.")
     ] = False,
@@ -294,8 +260,6 @@ def fetch(
     ] = False,
 ) -> None:
     """Resolve through the registry, download through DVC, verify against the committed manifest."""
-    from tuneledger.registry import api
-
     resolved = api.fetch(output, name=name, version=version, stage=stage, with_base=with_base, force=force)
     out.print(
         f"fetched {name}@{resolved.version} → {output} (verified {len(resolved.manifest.files)} files, "
@@ -303,18 +267,14 @@ def fetch(
     )
 
 
-@app.command()
-@friendly_errors
+@command()
 def reproduce(
     version: Annotated[str, typer.Argument(help="Registered version to rebuild.")],
-    name: NameOption = "lora-adapter",
+    name: NameOption = DEFAULT_NAME,
     as_json: JsonOption = False,
 ) -> None:
     """Rebuild a version from its commit in a temporary worktree and compare content ids."""
-    from tuneledger.registry.fetch import resolve
-    from tuneledger.registry.reproduce import reproduce as rebuild
-
-    result = rebuild(resolve(name, version=version))
+    result = api.reproduce(version, name)
     if as_json:
         _print_json(vars(result) | {"identical": result.identical})
     elif result.identical:
@@ -328,12 +288,11 @@ def reproduce(
 
 
 # --- serving --------------------------------------------------------------------------------
-@app.command()
-@friendly_errors
+@command()
 def serve(
     stage: Annotated[str, typer.Option(help="Stage whose version answers.")] = "prod",
     shadow: Annotated[str | None, typer.Option(help="Stage whose version shadows every request.")] = None,
-    name: NameOption = "lora-adapter",
+    name: NameOption = DEFAULT_NAME,
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
     api_key: Annotated[
@@ -385,39 +344,32 @@ def serve(
     ] = 10_000,
 ) -> None:
     """Serve STAGE's verified version over HTTP; POST /admin/reload or SIGHUP picks up a new one."""
-    from tuneledger.serve.app import serve as run_server
-    from tuneledger.serve.config import ServeConfig
-
-    defaults = ServeConfig()
-    run_server(
-        ServeConfig(
-            name=name,
-            stage=stage,
-            shadow=shadow,
-            cache=cache or defaults.cache,
-            shadow_queue=shadow_queue,
-            host=host,
-            port=port,
-            api_key=api_key or None,
-            insecure=insecure,
-            allowed_hosts=tuple(allowed_host or ()),
-            allow_origins=tuple(allow_origin or ()),
-            max_body=max_body_bytes,
-            max_queue=max_queue,
-            request_timeout=request_timeout,
-            body_timeout=body_timeout,
-            header_timeout=header_timeout,
-            max_connections=max_connections,
-            db=db or defaults.db,
-            log_prompts=log_prompts,
-            log_queue=log_queue,
-            log_retention_days=log_retention_days,
-        )
+    api.serve(
+        name=name,
+        stage=stage,
+        shadow=shadow,
+        cache=cache,
+        shadow_queue=shadow_queue,
+        host=host,
+        port=port,
+        api_key=api_key,
+        insecure=insecure,
+        allowed_hosts=allowed_host,
+        allow_origins=allow_origin,
+        max_body=max_body_bytes,
+        max_queue=max_queue,
+        request_timeout=request_timeout,
+        body_timeout=body_timeout,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        db=db,
+        log_prompts=log_prompts,
+        log_queue=log_queue,
+        log_retention_days=log_retention_days,
     )
 
 
-@app.command("shadow-report")
-@friendly_errors
+@command("shadow-report")
 def shadow_report(
     db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
     version: Annotated[str | None, typer.Option(help="Only pairs of this shadow version.")] = None,
@@ -430,9 +382,7 @@ def shadow_report(
     as_json: JsonOption = False,
 ) -> None:
     """Agreement of the shadow with prod, latency of both sides, errors and drops."""
-    from tuneledger.serve import log
-
-    report = log.shadow_report(db or log.DEFAULT_DB, version, log.parse_since(since) if since else None)
+    report = api.shadow_report(db, version, since)
     if as_json:
         _print_json(report)
         return

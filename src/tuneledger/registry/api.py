@@ -1,23 +1,124 @@
-"""Registry operations the CLI calls: register, promote, rollback, show, history, fetch, reproduce."""
+"""The Python API behind every `tuneledger` command: each command is one call here.
+
+It is the top layer under the CLI: it composes packages, the registry and the serving log, and no
+module below it imports it. Inputs are validated here, once, whoever calls.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
+from tuneledger.layout import EXPORT_DIR
+from tuneledger.package import diff as package_diff
 from tuneledger.package import weights
+from tuneledger.package.manifest import Manifest, manifest_path_for
 from tuneledger.package.verify import verify
 from tuneledger.params import load_params
-from tuneledger.registry import artifacts, tags
-from tuneledger.registry.fetch import Resolved, discard, resolve, scratch_dir
+from tuneledger.registry import artifacts, remote, tags
+from tuneledger.registry.artifacts import DEFAULT_NAME
+from tuneledger.registry.fetch import Resolved, discard, git_show, resolve, scratch_dir
 from tuneledger.registry.gate import Check, GateFailed, run_gate
 from tuneledger.registry.lock import registry_lock
 from tuneledger.registry.remote import missing_on_remote, open_repo, push
+from tuneledger.registry.reproduce import Reproduction
+from tuneledger.serve import log
+
+BUMPS = ("major", "minor", "patch")
 
 
+# --- packages -----------------------------------------------------------------------------------
+def verify_package(package: Path = EXPORT_DIR, manifest: Path | None = None) -> Manifest:
+    """Every file of a package against its manifest (SHA-256); raises on any difference."""
+    return verify(package, manifest)
+
+
+def generate(
+    package: Path,
+    prompt: str | None = None,
+    messages: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    base: Path | None = None,
+    device: str | None = None,
+) -> str:
+    """One answer of a verified package to a prompt, or to a conversation read from `messages`
+    (a JSON file, or - for stdin), within its signature."""
+    from tuneledger.predict import Predictor
+
+    if (prompt is None) == (messages is None):
+        raise TuneLedgerError("generate: give a PROMPT or --messages FILE.json (one of them)")
+    conversation = _read_messages(messages) if messages is not None else None
+    predictor = Predictor.open(package, base=base, device=device)
+    params = {"max_new_tokens": max_new_tokens, "temperature": temperature}
+    params = {k: v for k, v in params.items() if v is not None}
+    if conversation is not None:
+        return predictor.chat(conversation, params)
+    return predictor.predict(prompt, params)
+
+
+def _read_messages(source: str) -> list:
+    """The conversation given to `generate --messages`: a JSON list of turns, or {"messages": [...]}."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        body = json.loads(text)
+    except OSError as exc:
+        raise TuneLedgerError(f"--messages {name}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TuneLedgerError(
+            f"--messages {name}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
+        ) from None
+    if isinstance(body, dict) and "messages" in body:
+        body = body["messages"]
+    if not isinstance(body, list):
+        raise TuneLedgerError(f"--messages {name}: expected a list of {{role, content}} turns")
+    return body
+
+
+def diff(a: str, b: str) -> dict[str, Any]:
+    """Both versions' facts (params, adapter shape read from the weights, metrics, content ids) and
+    the keys whose values differ; each side a package directory or a git revision."""
+    with _package_at(a) as (pa, ma), _package_at(b) as (pb, mb):
+        left, right = package_diff.describe(pa, ma), package_diff.describe(pb, mb)
+    return package_diff.compare(a, left, b, right)
+
+
+@contextlib.contextmanager
+def _package_at(ref: str) -> Iterator[tuple[Path, Path | None]]:
+    """A local package directory for `ref` (and its manifest): a directory as is, or the export of
+    a git revision, its describing files downloaded through DVC."""
+    if Path(ref).is_dir():
+        yield Path(ref), None
+        return
+    commit = git.resolve_commit(ref)
+    if commit is None:
+        raise TuneLedgerError(f"{ref}: neither a package directory nor a git revision of this repository")
+    tmp = Path(tempfile.mkdtemp(prefix="tuneledger-diff-"))
+    try:
+        package = tmp / EXPORT_DIR.name
+        names = list(package_diff.DESCRIBING_FILES)
+        remote.download(commit, EXPORT_DIR.as_posix(), package, names, doing=f"diff {ref}")
+        manifest_file = manifest_path_for(EXPORT_DIR)
+        text = git_show(commit, manifest_file.as_posix())
+        manifest = manifest_path_for(package) if text is not None else None
+        if manifest is not None:
+            manifest.write_text(text, encoding="utf-8")
+        yield package, manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- the registry -------------------------------------------------------------------------------
 def _who() -> str:
     name = git.run_git("config", "user.name", check=False) or "unknown"
     email = git.run_git("config", "user.email", check=False)
@@ -42,7 +143,7 @@ def _require_clean_workspace() -> None:
 
 
 def register(
-    name: str = artifacts.DEFAULT_NAME,
+    name: str = DEFAULT_NAME,
     bump: str = "minor",
     version: str | None = None,
     push_first: bool = False,
@@ -50,6 +151,8 @@ def register(
     """Tag HEAD as a new version of `name`, after every reason to refuse has been checked."""
     from tuneledger.package import metadata as metadata_format
 
+    if bump not in BUMPS:
+        raise TuneLedgerError(f"--bump must be major, minor or patch (got {bump!r})")
     artifact = artifacts.resolve(name)
     with registry_lock(f"register {name}"):
         _require_clean_workspace()
@@ -81,15 +184,25 @@ def register(
 def promote(
     version: str,
     stage: str,
-    name: str = artifacts.DEFAULT_NAME,
+    name: str = DEFAULT_NAME,
     force: bool = False,
     reason: str | None = None,
-    extra_checks: list[Check] | None = None,
+    require_shadow_agreement: float | None = None,
+    db: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the gate against the stage's current version, then move the stage to `version`."""
+    """Run the gate against the stage's current version, then move the stage to `version`.
+
+    With `require_shadow_agreement`, the gate also requires that exact agreement of `version` as
+    a shadow of prod, read from the serving log `db`.
+    """
     if force and not reason:
         raise TuneLedgerError("--force needs --reason: the override is recorded in the registry")
     tags.check_stage(stage)
+    extra_checks: list[Check] = []
+    if require_shadow_agreement is not None:
+        from tuneledger.serve.gate import shadow_check
+
+        extra_checks.append(shadow_check(version, require_shadow_agreement, db))
     with registry_lock(f"promote {name} {version} → {stage}"):
         candidate = resolve(name, version=version)
         current = tags.stage_holder(name, stage)
@@ -126,7 +239,7 @@ def promote(
 
 
 def rollback(
-    stage: str, name: str = artifacts.DEFAULT_NAME, to: str | None = None, reason: str | None = None
+    stage: str, name: str = DEFAULT_NAME, to: str | None = None, reason: str | None = None
 ) -> dict[str, Any]:
     """Give the stage back to its previous holder (or `to`): a new assignment tag, never an unassignment."""
     started = time.monotonic()
@@ -177,8 +290,9 @@ def show(name: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def history(name: str | None = None) -> list[dict[str, Any]]:
-    """Every registry event, newest first: who moved what, when and why."""
+def history(name: str | None = None, db: Path | None = None) -> list[dict[str, Any]]:
+    """Every registry event, newest first: who moved what, when and why; with the serving log `db`
+    (by default the default log, if there is one), also when `serve` swapped versions."""
     names = [name] if name else sorted(artifacts.declared())
     rows = [
         {
@@ -197,19 +311,52 @@ def history(name: str | None = None) -> list[dict[str, Any]]:
         for artifact_name in names
         for event in tags.events(artifact_name)
     ]
+    db = db or (log.DEFAULT_DB if log.DEFAULT_DB.is_file() else None)
+    if db is not None:
+        rows += [e for e in log.serving_events(db) if name is None or e["artifact"] == name]
     return sorted(rows, key=lambda r: r["time"], reverse=True)
 
 
 def fetch(
     out: Path,
-    name: str = artifacts.DEFAULT_NAME,
+    name: str = DEFAULT_NAME,
     version: str | None = None,
     stage: str | None = None,
     with_base: bool = False,
     force: bool = False,
 ) -> Resolved:
+    """Resolve through the registry, download through DVC, verify against the committed manifest,
+    then publish into `out`."""
     from tuneledger.registry.fetch import fetch as fetch_verified
 
     resolved = resolve(name, version=version, stage=stage)
     fetch_verified(resolved, out, with_base=with_base, force=force)
     return resolved
+
+
+def reproduce(version: str, name: str = DEFAULT_NAME) -> Reproduction:
+    """Rebuild a version from its commit in a temporary worktree and compare content ids."""
+    from tuneledger.registry.reproduce import reproduce as rebuild
+
+    return rebuild(resolve(name, version=version))
+
+
+# --- serving ------------------------------------------------------------------------------------
+def serve(**options: Any) -> None:
+    """Serve a stage over HTTP until stopped; `options` are `ServeConfig` fields, None for a default."""
+    from tuneledger.serve import app
+    from tuneledger.serve.config import ServeConfig
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given.get("api_key"):
+        given.pop("api_key", None)  # an empty key is no key
+    for key in ("allowed_hosts", "allow_origins"):
+        if key in given:
+            given[key] = tuple(given[key])
+    app.serve(ServeConfig(**given))
+
+
+def shadow_report(db: Path | None = None, version: str | None = None, since: str | None = None) -> dict:
+    """Agreement of the shadow with prod, latency of both sides, errors and drops; `since` is a
+    duration back (90m, 24h, 7d) or a time (2025-01-31T12:00)."""
+    return log.shadow_report(db or log.DEFAULT_DB, version, log.parse_since(since) if since else None)

@@ -18,8 +18,7 @@ from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.verify import VerificationFailed, find_problems
 from tuneledger.publication import Publication
-from tuneledger.registry import tags
-from tuneledger.registry.remote import open_repo, remote_errors
+from tuneledger.registry import remote, tags
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,7 @@ class Resolved:
     manifest_text: str
 
 
-def _git_show(commit: str, path: str) -> str | None:
+def git_show(commit: str, path: str) -> str | None:
     """A file's exact text at a commit (None if the commit has no such file)."""
     import subprocess
 
@@ -56,7 +55,7 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
         known = ", ".join(registered) or "none yet (run `tuneledger register`)"
         raise TuneLedgerError(f"version {version} of {name} not found; registered versions: {known}")
     commit = registered[version].commit
-    spec = yaml.safe_load(_git_show(commit, "dvc.yaml") or "{}") or {}
+    spec = yaml.safe_load(git_show(commit, "dvc.yaml") or "{}") or {}
     declared = (spec.get("artifacts") or {}).get(name)
     if not declared:
         raise TuneLedgerError(
@@ -64,7 +63,7 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
         )
     path = declared["path"]
     manifest_file = str(manifest_format.manifest_path_for(Path(path)))
-    text = _git_show(commit, manifest_file)
+    text = git_show(commit, manifest_file)
     if text is None:
         raise TuneLedgerError(
             f"{name} {version}: commit {commit[:12]} holds no {manifest_file}; it cannot be verified"
@@ -76,21 +75,8 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
 
 def download(resolved: Resolved, dest: Path, names: list[str] | None = None, root: str = ".") -> None:
     """Copy the package's files (or some of them) at its commit into `dest`, via DVC's cache or remote."""
-    from dvc.api import DVCFileSystem
-
-    with open_repo(root) as repo, remote_errors(repo, f"downloading {resolved.name} {resolved.version}"):
-        _get_tree(DVCFileSystem(root, rev=resolved.commit), resolved.path, dest, names)
-
-
-def _get_tree(fs, path: str, dest: Path, names: list[str] | None = None) -> None:
-    """Copy the files under `path` (or just `names` relative to it) into `dest`."""
-    prefix = path.rstrip("/") + "/"
-    if names is None:
-        names = [f.removeprefix("/").removeprefix(prefix) for f in fs.find(path)]
-    for name in names:
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(prefix + name, str(target))
+    doing = f"downloading {resolved.name} {resolved.version}"
+    remote.download(resolved.commit, resolved.path, dest, names, doing=doing, root=root)
 
 
 def download_verified(resolved: Resolved, dest: Path, names: list[str], root: str = ".") -> Path:
@@ -104,11 +90,9 @@ def download_verified(resolved: Resolved, dest: Path, names: list[str], root: st
 
 def _fetch_base(resolved: Resolved, package: Path, dest: Path, root: str) -> None:
     """The base model snapshot of that commit, checked against the digest in the verified metadata."""
-    from dvc.api import DVCFileSystem
-
     expected = metadata_format.read(package / "metadata.json")["base_model"]
-    with open_repo(root) as repo, remote_errors(repo, f"downloading the base model of {resolved.version}"):
-        _get_tree(DVCFileSystem(root, rev=resolved.commit), BASE_DIR.as_posix(), dest)
+    doing = f"downloading the base model of {resolved.version}"
+    remote.download(resolved.commit, BASE_DIR.as_posix(), dest, doing=doing, root=root)
     digest, files = tree_digest(dest)
     if digest != expected["sha256"]:
         wrong = sorted(n for n in {*files, *expected["files"]} if files.get(n) != expected["files"].get(n))

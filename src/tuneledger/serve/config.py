@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.registry.artifacts import DEFAULT_NAME
 from tuneledger.serve import log
 from tuneledger.serve.deployment import DEFAULT_CACHE
 
@@ -18,7 +19,7 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 @dataclass(frozen=True)
 class ServeConfig:
     # what answers
-    name: str = "lora-adapter"
+    name: str = DEFAULT_NAME
     stage: str = "prod"
     shadow: str | None = None
     cache: Path = DEFAULT_CACHE
