@@ -14,7 +14,7 @@ import pytest
 
 from conftest import commit_all, copy_repo, read_json, run, set_params, use_remote
 from tuneledger.params import RegistryParams
-from tuneledger.registry.gate import check_metrics
+from tuneledger.registry.promotion_gate import check_metrics
 
 NAME = "lora-adapter"
 NARROWED, OTHER_EVAL, ZERO_B, INF = "v1.2.0", "v1.3.0", "v1.4.0", "v1.5.0"

@@ -19,18 +19,24 @@ from typing import Any
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import EXPORT_DIR
-from tuneledger.package import diff as package_diff
-from tuneledger.package import weights
+from tuneledger.package import comparison, weights
 from tuneledger.package.manifest import Manifest, manifest_path_for
 from tuneledger.package.verify import verify
 from tuneledger.params import load_params
 from tuneledger.registry import artifacts, remote, tags
 from tuneledger.registry.artifacts import DEFAULT_NAME
-from tuneledger.registry.fetch import Resolved, discard, git_show, resolve, scratch_dir
-from tuneledger.registry.gate import Check, GateFailed, run_gate
 from tuneledger.registry.lock import registry_lock
+from tuneledger.registry.promotion_gate import Check, GateFailed, run_gate
+from tuneledger.registry.rebuild import Reproduction, rebuild_in_worktree
 from tuneledger.registry.remote import missing_on_remote, open_repo, push
-from tuneledger.registry.reproduce import Reproduction
+from tuneledger.registry.versions import (
+    Resolved,
+    discard,
+    git_show,
+    publish_verified,
+    resolve,
+    scratch_dir,
+)
 from tuneledger.serve import log
 
 BUMPS = ("major", "minor", "patch")
@@ -89,8 +95,8 @@ def diff(a: str, b: str) -> dict[str, Any]:
     """Both versions' facts (params, adapter shape read from the weights, metrics, content ids) and
     the keys whose values differ; each side a package directory or a git revision."""
     with _package_at(a) as (pa, ma), _package_at(b) as (pb, mb):
-        left, right = package_diff.describe(pa, ma), package_diff.describe(pb, mb)
-    return package_diff.compare(a, left, b, right)
+        left, right = comparison.describe(pa, ma), comparison.describe(pb, mb)
+    return comparison.compare(a, left, b, right)
 
 
 @contextlib.contextmanager
@@ -106,7 +112,7 @@ def _package_at(ref: str) -> Iterator[tuple[Path, Path | None]]:
     tmp = Path(tempfile.mkdtemp(prefix="tuneledger-diff-"))
     try:
         package = tmp / EXPORT_DIR.name
-        names = list(package_diff.DESCRIBING_FILES)
+        names = list(comparison.DESCRIBING_FILES)
         remote.download(commit, EXPORT_DIR.as_posix(), package, names, doing=f"diff {ref}")
         manifest_file = manifest_path_for(EXPORT_DIR)
         text = git_show(commit, manifest_file.as_posix())
@@ -200,9 +206,9 @@ def promote(
     tags.check_stage(stage)
     extra_checks: list[Check] = []
     if require_shadow_agreement is not None:
-        from tuneledger.serve.gate import shadow_check
+        from tuneledger.serve.shadow_agreement import agreement_check
 
-        extra_checks.append(shadow_check(version, require_shadow_agreement, db))
+        extra_checks.append(agreement_check(version, require_shadow_agreement, db))
     with registry_lock(f"promote {name} {version} → {stage}"):
         candidate = resolve(name, version=version)
         current = tags.stage_holder(name, stage)
@@ -327,18 +333,14 @@ def fetch(
 ) -> Resolved:
     """Resolve through the registry, download through DVC, verify against the committed manifest,
     then publish into `out`."""
-    from tuneledger.registry.fetch import fetch as fetch_verified
-
     resolved = resolve(name, version=version, stage=stage)
-    fetch_verified(resolved, out, with_base=with_base, force=force)
+    publish_verified(resolved, out, with_base=with_base, force=force)
     return resolved
 
 
 def reproduce(version: str, name: str = DEFAULT_NAME) -> Reproduction:
     """Rebuild a version from its commit in a temporary worktree and compare content ids."""
-    from tuneledger.registry.reproduce import reproduce as rebuild
-
-    return rebuild(resolve(name, version=version))
+    return rebuild_in_worktree(resolve(name, version=version))
 
 
 # --- serving ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import base_path_for
 from tuneledger.predict import Predictor
-from tuneledger.registry.fetch import Resolved, fetch, resolve
+from tuneledger.registry.versions import Resolved, publish_verified, resolve
 
 DEFAULT_CACHE = Path(".tuneledger/serve/versions")
 
@@ -88,7 +88,7 @@ def deploy(name: str, stage: str, cache: Path = DEFAULT_CACHE, device: str | Non
         package = Path(cache) / f"{name}@{resolved.version}"
         if not _reusable(package, resolved):
             step = f"fetching {resolved.version}"
-            fetch(resolved, package, with_base=True)
+            publish_verified(resolved, package, with_base=True)
         step = f"loading {resolved.version}"
         predictor = Predictor.open(package, base=base_path_for(package), device=device)
     except Exception as exc:

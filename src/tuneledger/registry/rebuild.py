@@ -12,7 +12,7 @@ from pathlib import Path
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
 from tuneledger.package import manifest as manifest_format
-from tuneledger.registry.fetch import Resolved, download_verified, scratch_dir
+from tuneledger.registry.versions import Resolved, download_verified, scratch_dir
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Reproduction:
         return self.expected == self.rebuilt
 
 
-def reproduce(resolved: Resolved, keep: bool = False) -> Reproduction:
+def rebuild_in_worktree(resolved: Resolved, keep: bool = False) -> Reproduction:
     """`dvc repro` of the version's commit in a temporary git worktree sharing this cache."""
     with_dvc = git.run_git("rev-parse", "--show-toplevel")
     cache = subprocess.run(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneledger.registry.gate import Check
+from tuneledger.registry.promotion_gate import Check
 from tuneledger.serve import log
 
 
-def shadow_check(version: str, minimum: float, db: Path | None = None) -> Check:
+def agreement_check(version: str, minimum: float, db: Path | None = None) -> Check:
     report = log.shadow_report(db or log.DEFAULT_DB, shadow_version=version)
     agreement, pairs = report["exact_agreement"], report["pairs"]
     if not pairs:

@@ -10,8 +10,8 @@ from tuneledger.package import metadata as metadata_format
 from tuneledger.package import signature as signature_format
 from tuneledger.package import weights
 from tuneledger.params import RegistryParams
-from tuneledger.registry.fetch import Resolved, download_verified
 from tuneledger.registry.remote import missing_on_remote
+from tuneledger.registry.versions import Resolved, download_verified
 
 GATE_FILES = ["metadata.json", "signature.json", weights.WEIGHTS, weights.CONFIG]
 LOWER_IS_BETTER = {"loss": True, "perplexity": True, "exact_match": False}

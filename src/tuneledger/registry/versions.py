@@ -1,5 +1,6 @@
-"""From a registry name to verified bytes: resolve through gto, download through DVC, check
-every file against the manifest committed in git at that version, and only then publish."""
+"""Registered versions, from a name to verified bytes: resolve through the registry's tags, download
+through DVC, check every file against the manifest committed in git at that version, and only then
+publish."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def _fetch_base(resolved: Resolved, package: Path, dest: Path, root: str) -> Non
         raise TuneLedgerError(f"base model of {resolved.version}: sha256 mismatch in {', '.join(wrong)}")
 
 
-def fetch(
+def publish_verified(
     resolved: Resolved, out: Path, with_base: bool = False, force: bool = False, root: str = "."
 ) -> Path:
     """Download, verify, then publish into `out` (with `<out>.manifest.json` beside it).
