@@ -8,6 +8,7 @@ Tags are read in one `git for-each-ref` pass and written with `git tag -a`, rath
 gto's Python API: gto rebuilds its whole registry state on every call and costs 0.7 s just to
 import, so at 150 versions `rollback` took 8.7 s (0.76 s with two). gto, `gto check-ref` and
 `dvc artifacts get --stage` read the same tags (tests/test_registry_scale.py proves they agree).
+Only the stages `.gto` declares are read through gto (its config reader), when `promote` checks one.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.git import run_git
@@ -45,17 +44,28 @@ _TAG_NUMBER = re.compile(r"#(\d+)$")
 _FORMAT = "%1f".join(f"%({f})" for f in _FIELDS) + "%1e"
 
 
-def stages(repo: str | Path = ".") -> tuple[str, ...]:
-    """The stages `.gto` declares (gto's default: any stage name, so none are refused)."""
-    path = Path(repo) / GTO_CONFIG
-    config = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return tuple((config or {}).get("stages") or ())
-
-
 def check_stage(stage: str, repo: str | Path = ".") -> None:
-    known = stages(repo)
-    if known and stage not in known:
-        raise TuneLedgerError(f"unknown stage {stage!r}; stages are {', '.join(known)} (see .gto)")
+    """Refuse a stage that gto would refuse: one `.gto` does not declare (gto reads it; with no
+    stages declared, any valid name is a stage). Stages added to `.gto` are accepted at once."""
+    from gto.config import read_registry_config
+    from gto.exceptions import UnknownStage, ValidationError, WrongConfig
+
+    path = Path(repo) / GTO_CONFIG
+    try:
+        config = read_registry_config(str(path))
+    except WrongConfig as exc:
+        cause = " ".join(line.strip() for line in str(exc.__cause__ or exc).strip().splitlines()[:3])
+        raise TuneLedgerError(
+            f"{path}: not a valid gto config ({cause}); fix it, e.g. `stages: [dev, prod]`"
+        ) from None
+    try:
+        config.assert_stage(stage)
+    except (UnknownStage, ValidationError) as exc:
+        if config.stages:
+            raise TuneLedgerError(
+                f"unknown stage {stage!r}; stages are {', '.join(config.stages)} (see .gto)"
+            ) from None
+        raise TuneLedgerError(f"stage {stage!r}: {exc}") from None
 
 
 def _grammar(name: str) -> re.Pattern:
@@ -215,8 +225,8 @@ def register(
 
 
 def assign(name: str, version: str, stage: str, message: str, repo: str | Path = ".") -> str:
-    """Point `stage` at `version` with a new tag; return the tag name."""
-    check_stage(stage, repo)
+    """Point `stage` at `version` with a new tag; return the tag name (`stage` is checked by the
+    caller: `check_stage`)."""
     known = events(name, repo)
     commits = {e.version: e.commit for e in known if e.kind == "registration"}
     if version not in commits:

@@ -111,17 +111,17 @@ def publish_verified(
     """
     out = Path(out)
     manifest_out = manifest_format.manifest_path_for(out)
-    targets = [out, manifest_out] + ([base_path_for(out)] if with_base else [])
-    with Publication(*targets) as outputs:
+    base = base_path_for(out) if with_base else None
+    with Publication(*[out, manifest_out, *([base] if base else [])]) as outputs:
         if not force:
-            refuse_foreign(out, with_base)
+            refuse_foreign(out, base)
         staged = outputs.staged_dir(out)
         download(resolved, staged, root=root)
         problems = find_problems(staged, resolved.manifest, label=str(out))
         if problems:
             raise VerificationFailed(problems)
-        if with_base:
-            _fetch_base(resolved, staged, outputs.staged_dir(base_path_for(out)), root)
+        if base:
+            _fetch_base(resolved, staged, outputs.staged_dir(base), root)
         outputs.staged_file(manifest_out).write_text(resolved.manifest_text, encoding="utf-8")
     return out
 
@@ -145,18 +145,18 @@ def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
     return None
 
 
-def _previous_base(out: Path) -> bool:
-    """`<out>.base` holds exactly the base files that the earlier fetch's metadata names."""
+def _previous_base(out: Path, base: Path) -> bool:
+    """`base` holds exactly the base files that the earlier fetch's metadata names."""
     try:
         expected = metadata_format.read(out / "metadata.json")["base_model"]["files"]
     except (TuneLedgerError, OSError, KeyError, TypeError, ValueError):
         return False
-    base = base_path_for(out)
     return base.is_dir() and not base.is_symlink() and _files_under(base) == set(expected)
 
 
-def refuse_foreign(out: Path, with_base: bool) -> None:
-    """Refuse to replace what an earlier fetch did not make: it may be the user's own work."""
+def refuse_foreign(out: Path, base: Path | None) -> None:
+    """Refuse to replace what an earlier fetch did not make (into `out`, and `base` if given): it
+    may be the user's own work."""
     fix = "choose another --output, or pass --force to replace it"
     ours = _previous_fetch(out) is not None
     if os.path.lexists(out) and not _is_empty_dir(out) and not ours:
@@ -164,8 +164,8 @@ def refuse_foreign(out: Path, with_base: bool) -> None:
             f"{out}: exists and is not a previous fetch (no {manifest_format.manifest_path_for(out).name} "
             f"beside it listing exactly its files); nothing was changed — {fix}"
         )
-    base = base_path_for(out)
-    if with_base and os.path.lexists(base) and not _is_empty_dir(base) and not (ours and _previous_base(out)):
+    foreign_base = base and os.path.lexists(base) and not _is_empty_dir(base)
+    if foreign_base and not (ours and _previous_base(out, base)):
         raise TuneLedgerError(
             f"{base}: exists and is not the base of a previous fetch into {out}; nothing was changed — {fix}"
         )

@@ -73,7 +73,7 @@ CREATE INDEX IF NOT EXISTS shadow_drops_time ON shadow_drops(time);
 _ADD_TO_ROLLUP = """
 INSERT INTO shadow_rollup (shadow_version, minute, pairs, errors, exact_agreements,
                            token_agreement_sum, drops)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+VALUES (:shadow_version, :minute, :pairs, :errors, :exact_agreements, :token_agreement_sum, :drops)
 ON CONFLICT (shadow_version, minute) DO UPDATE SET
     pairs = pairs + excluded.pairs, errors = errors + excluded.errors,
     exact_agreements = exact_agreements + excluded.exact_agreements,
@@ -82,7 +82,8 @@ ON CONFLICT (shadow_version, minute) DO UPDATE SET
 """
 _REBUILD_ROLLUP = """
 DELETE FROM shadow_rollup;
-INSERT INTO shadow_rollup
+INSERT INTO shadow_rollup (shadow_version, minute, pairs, errors, exact_agreements,
+                           token_agreement_sum, drops)
 SELECT COALESCE(shadow_version, ''), CAST(time / 60 AS INTEGER), SUM(error IS NULL), SUM(error IS NOT NULL),
        TOTAL(CASE WHEN error IS NULL THEN exact_agreement END),
        TOTAL(CASE WHEN error IS NULL THEN token_agreement END), 0
@@ -135,23 +136,34 @@ def short_error(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}")[:500]
 
 
-def _rollup_rows(batch: list[tuple[str, dict]]) -> list[tuple]:
+def _rollup_rows(batch: list[tuple[str, dict]]) -> list[dict[str, Any]]:
     """Per (shadow version, minute): pairs, errors, exact agreements, token agreement sum, drops."""
-    totals: dict[tuple[str, int], list] = {}
+    totals: dict[tuple[str, int], dict[str, Any]] = {}
     for table, row in batch:
         if table not in ("shadow_pairs", "shadow_drops"):
             continue
-        key = (row.get("shadow_version") or "", int(row["time"] // 60))
-        counts = totals.setdefault(key, [0, 0, 0, 0.0, 0])
+        version, minute = row.get("shadow_version") or "", int(row["time"] // 60)
+        counts = totals.setdefault(
+            (version, minute),
+            {
+                "shadow_version": version,
+                "minute": minute,
+                "pairs": 0,
+                "errors": 0,
+                "exact_agreements": 0,
+                "token_agreement_sum": 0.0,
+                "drops": 0,
+            },
+        )
         if table == "shadow_drops":
-            counts[4] += 1
+            counts["drops"] += 1
         elif row.get("error") is not None:
-            counts[1] += 1
+            counts["errors"] += 1
         else:
-            counts[0] += 1
-            counts[2] += int(row.get("exact_agreement") or 0)
-            counts[3] += float(row.get("token_agreement") or 0.0)
-    return [(*key, *counts) for key, counts in totals.items()]
+            counts["pairs"] += 1
+            counts["exact_agreements"] += int(row.get("exact_agreement") or 0)
+            counts["token_agreement_sum"] += float(row.get("token_agreement") or 0.0)
+    return list(totals.values())
 
 
 def write_batch(db: sqlite3.Connection, batch: list[tuple[str, dict]]) -> None:
