@@ -26,21 +26,54 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _remote_failures() -> tuple[type[BaseException], ...]:
+    """What a failing remote raises: the own exception types of DVC and of the libraries under it,
+    which share no base class, and OSError, which fsspec filesystems raise for network failures."""
+    import dvc_data.index.index
+    import dvc_objects.errors
+    import dvc_objects.fs.errors
+    import scmrepo.exceptions
+    from dvc.exceptions import DvcException
+
+    found: list[type[BaseException]] = [
+        DvcException,
+        dvc_data.index.index.DataIndexError,
+        dvc_data.index.index.StorageError,
+        dvc_objects.errors.ObjectDBError,
+        dvc_objects.errors.ObjectFormatError,
+        dvc_objects.fs.errors.AuthError,
+        dvc_objects.fs.errors.ConfigError,
+        dvc_objects.fs.errors.RemoteMissingDepsError,
+        scmrepo.exceptions.SCMError,
+        OSError,
+    ]
+    with contextlib.suppress(ImportError):  # an S3 remote's libraries, when installed
+        import botocore.exceptions
+
+        found += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError]
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        found.append(aiohttp.ClientError)
+    return tuple(found)
+
+
 @contextlib.contextmanager
 def remote_errors(repo, doing: str) -> Iterator[None]:
     """Turn the many ways a remote fails into one line naming it and what to check."""
-    from dvc.exceptions import DvcException
-
     try:
         yield
     except TuneLedgerError:
         raise
-    except (DvcException, OSError, Exception) as exc:  # botocore/aiohttp errors have no common base
-        reason = _first_line(exc)
-        raise TuneLedgerError(
-            f"{doing}: remote {describe_remote(repo)} failed: {reason}; check that the endpoint is up, "
-            f"the bucket exists and the credentials (.dvc/config.local or AWS_* env) are valid"
-        ) from None
+    except _remote_failures() as exc:
+        raise _remote_failed(repo, doing, _first_line(exc)) from None
+
+
+def _remote_failed(repo, doing: str, reason: str, missing: str = "", or_else: str = "") -> TuneLedgerError:
+    return TuneLedgerError(
+        f"{doing}: {missing}remote {describe_remote(repo)} failed: {reason}; check that the endpoint is "
+        f"up, the bucket exists and the credentials (.dvc/config.local or AWS_* env) are valid{or_else}"
+    )
 
 
 def open_repo(root: str = "."):
@@ -92,12 +125,13 @@ def download(
                 target = dest / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(prefix + name, str(target))
-        except DataIndexDirError as exc:
-            cause = _first_line(exc.__cause__) if exc.__cause__ else "it does not hold it"
-            raise TuneLedgerError(
-                f"{doing}: {path} of commit {rev[:12]} is neither in the local DVC cache nor available "
-                f"from the remote {describe_remote(repo)} ({cause}); `dvc pull` it from a reachable "
-                "remote, or rebuild it with `dvc repro` at that commit"
+        except DataIndexDirError as exc:  # the tree itself: neither cached nor from the remote
+            raise _remote_failed(
+                repo,
+                doing,
+                _first_line(exc.__cause__) if exc.__cause__ else "it does not hold it",
+                missing=f"{path} of commit {rev[:12]} is not in the local DVC cache and the ",
+                or_else=", or rebuild it with `dvc repro` at that commit",
             ) from None
         except FileNotFoundError:
             missing = next((prefix + n for n in names if not fs.exists(prefix + n)), path)
