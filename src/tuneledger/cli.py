@@ -42,10 +42,10 @@ def command(name: str | None = None):
     """Register a command. Whatever it raises is reported as one line `error: ...` with a non-zero
     exit; the traceback only with --debug."""
 
-    def register(function):
+    def add(function):
         return app.command(name)(friendly_errors(function))
 
-    return register
+    return add
 
 
 def _print_json(value) -> None:
