@@ -10,10 +10,10 @@ from pathlib import Path
 
 from tuneledger import chat, tasks
 from tuneledger.errors import TuneLedgerError
+from tuneledger.package.files import PICKLE_SUFFIXES
 from tuneledger.params import ModelParams
 
 SOURCE_FILE = "tuneledger-source.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 BUILTINS = ("tiny-gpt2",)
 

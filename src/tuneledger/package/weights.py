@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.package.files import ADAPTER_CONFIG as CONFIG
+from tuneledger.package.files import ADAPTER_WEIGHTS as WEIGHTS
 from tuneledger.package.safetensors_io import read_header, tensor_shapes
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: listing and verifying need no torch
     import torch
 
-WEIGHTS = "adapter_model.safetensors"
-CONFIG = "adapter_config.json"
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
