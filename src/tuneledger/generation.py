@@ -43,7 +43,6 @@ def answer(
     prompts: list[Prompt],
     max_new_tokens: int,
     temperature: float = 0.0,
-    seed: int | None = None,
     top_p: float | None = None,
     eos_token_ids: list[int] | None = None,
 ) -> list[Answer]:
@@ -57,7 +56,7 @@ def answer(
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=stops,
-        **sampling_options(temperature, top_p, seed),
+        **sampling_options(temperature, top_p, seed=None),
     )
     new_tokens = output[:, batch["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -66,5 +65,5 @@ def answer(
 
 
 def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int, **options) -> list[str]:
-    """The answers' texts (options as for `answer`: temperature, seed, top_p, eos_token_ids)."""
+    """The answers' texts (options as for `answer`: temperature, top_p, eos_token_ids)."""
     return [reply.text for reply in answer(model, tokenizer, prompts, max_new_tokens, **options)]

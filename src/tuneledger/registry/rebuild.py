@@ -27,7 +27,7 @@ class Reproduction:
         return self.expected == self.rebuilt
 
 
-def rebuild_in_worktree(resolved: Resolved, keep: bool = False) -> Reproduction:
+def rebuild_in_worktree(resolved: Resolved) -> Reproduction:
     """`dvc repro` of the version's commit in a temporary git worktree sharing this cache."""
     with_dvc = git.run_git("rev-parse", "--show-toplevel")
     cache = subprocess.run(
@@ -53,9 +53,8 @@ def rebuild_in_worktree(resolved: Resolved, keep: bool = False) -> Reproduction:
         rebuilt = manifest_format.read(manifest_format.manifest_path_for(package))
         differing = _differing(resolved, package, rebuilt)
     finally:
-        if not keep:
-            git.run_git("worktree", "remove", "--force", str(worktree), check=False)
-            shutil.rmtree(worktree.parent, ignore_errors=True)
+        git.run_git("worktree", "remove", "--force", str(worktree), check=False)
+        shutil.rmtree(worktree.parent, ignore_errors=True)
     return Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id, differing)
 
 

@@ -457,16 +457,5 @@ def serving_events(path: Path) -> list[dict[str, Any]]:
     ]
 
 
-def live_at(path: Path, when: float) -> dict[str, Any] | None:
-    """Which prod version was answering at a time (the last swap before it)."""
-    db = connect(Path(path))
-    row = db.execute(
-        "SELECT time, version, content_id FROM events WHERE role = 'prod' AND event != 'error' "
-        "AND time <= ? ORDER BY time DESC LIMIT 1",
-        [when],
-    ).fetchone()
-    return {"since": row[0], "version": row[1], "content_id": row[2]} if row else None
-
-
 def now() -> float:
     return time.time()
