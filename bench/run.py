@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import platform
 import sys
@@ -45,12 +46,32 @@ def machine() -> str:
     )
 
 
-def render(results: list[dict], seconds: float) -> str:
+# Sections that build on what an earlier one leaves in ctx, and that section.
+NEEDS = {name: "pipeline" for name in ("noop", "experiments", "registry", "serving_limits", "shadow")}
+NEEDS["storage"] = "registry"
+
+
+def chosen(only: list[str]) -> list[str]:
+    """The sections to run, with the sections they build on, in SECTIONS order."""
+    wanted = set(only)
+    for name in only:
+        while name in NEEDS:
+            name = NEEDS[name]
+            wanted.add(name)
+    return [name for name in SECTIONS if name in wanted]
+
+
+def render(stored: dict[str, dict]) -> str:
+    """results.md from every stored section, in SECTIONS order."""
+    results = [stored[name] for name in SECTIONS if name in stored]
+    minutes = sum(r["seconds"] for r in results) / 60
+    runs = sorted({r["measured"] for r in results})
+    when = runs[0] if len(runs) == 1 else f"{runs[0]} to {runs[-1]}"
     lines = [
         "# TuneLedger benchmarks",
         "",
         f"Machine: {machine()}.",
-        f"Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `make bench`, {seconds / 60:.1f} min in all.",
+        f"Run: {when} UTC by `make bench`, {minutes:.1f} min in all.",
         "Each ratio is the median of per-round ratios of contenders run side by side (alternating order),",
         "with the lowest and highest round in brackets; times are median (min–max).",
         "",
@@ -66,6 +87,7 @@ def render(results: list[dict], seconds: float) -> str:
         lines += ["", f"## {result['title']}", "", "| what | measured | note |", "|---|---|---|"]
         lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
         lines += [f"\n{result['notes']}"] if result.get("notes") else []
+        lines += ["", f"_Measured {result['measured']} UTC in {result['seconds'] / 60:.1f} min._"]
     return "\n".join(lines) + "\n"
 
 
@@ -74,18 +96,25 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=SECTIONS, help="sections to run")
     parser.add_argument("--out", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
+    # Each section's figures are kept in results.json, so `--only X` reruns X and keeps the rest.
+    store = args.out.with_suffix(".json")
+    stored = json.loads(store.read_text()) if store.exists() else {}
     started = time.monotonic()
-    results = []
     with tempfile.TemporaryDirectory(prefix="tuneledger-bench-") as work:
         ctx = {"work": Path(work)}
         try:
-            for name in args.only:
+            for name in chosen(args.only):
                 print(f"bench: {name} … ({(time.monotonic() - started) / 60:.1f} min so far)", flush=True)
-                results.append(importlib.import_module(name).run(ctx))
+                begun = time.monotonic()
+                result = importlib.import_module(name).run(ctx)
+                result["seconds"] = time.monotonic() - begun
+                result["measured"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+                stored[name] = result
+                store.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+                args.out.write_text(render(stored))
         finally:
             if "s3" in ctx:
                 ctx["s3"].stop()
-    args.out.write_text(render(results, time.monotonic() - started))
     print(f"bench: wrote {args.out} in {(time.monotonic() - started) / 60:.1f} min")
 
 

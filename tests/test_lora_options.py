@@ -41,7 +41,8 @@ def test_an_unknown_target_is_one_line_from_peft(default_run):
     with pytest.raises(TuneLedgerError) as refused:
         adapted(default_run, target_modules=["q_proj"])
     message = str(refused.value)
-    assert message.startswith("params.yaml: lora: ") and "q_proj" in message and "\n" not in message
+    assert message.startswith("params.yaml: lora.target_modules: ['q_proj'] not in the base model (it has c_attn")
+    assert "\n" not in message
 
 
 def test_dora_rslora_and_modules_to_save_reach_peft(default_run):
