@@ -6,7 +6,7 @@ import json
 
 from conftest import read_json, run
 from tuneledger.checkpoints import SEAL
-from tuneledger.package.safetensors_io import tensor_shapes
+from tuneledger.package.weights import tensor_shapes
 
 
 def test_variant_weights_have_rank_4(variant):

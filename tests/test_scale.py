@@ -11,7 +11,7 @@ import pytest
 
 from conftest import copy_repo, read_json, run, set_params
 from tuneledger.faults import FAULT_VARIABLE
-from tuneledger.package.safetensors_io import tensor_shapes
+from tuneledger.package.weights import tensor_shapes
 
 
 def lora_targets(adapter) -> set[str]:

@@ -17,7 +17,8 @@ from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
-from tuneledger.package.safetensors_io import read_header
+from tuneledger.package.files import ADAPTER_WEIGHTS
+from tuneledger.package.safetensors_io import open_checked
 from tuneledger.package.verify import copy_private, private_directory, verified_copy
 
 
@@ -115,7 +116,8 @@ def load(
         device = modeling.pick_device(device)
         if (checked / "merged").is_dir():
             return modeling.load_base(checked / "merged", device=device), tokenizer
-        read_header(checked / "adapter_model.safetensors")
+        with open_checked(checked / ADAPTER_WEIGHTS):  # the library's header checks, one line if refused
+            pass
         with verified_base(package, meta, Path(base) if base else None) as base_dir:
             model = modeling.load_base(base_dir, device=device)
         model = PeftModel.from_pretrained(model, str(checked), is_trainable=False)

@@ -1,122 +1,71 @@
-"""Safetensors files read defensively: the header is checked before any tensor is allocated."""
+"""Safetensors files through the safetensors library: its own header checks, refusals as one line.
+
+The library checks the whole header when a file is opened (JSON, dtypes, shapes against offsets,
+offsets inside the file and covering it without overlap), before any tensor is read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
-DTYPE_BYTES = {
-    "BOOL": 1,
-    "U8": 1,
-    "I8": 1,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-    "I16": 2,
-    "U16": 2,
-    "F16": 2,
-    "BF16": 2,
-    "I32": 4,
-    "U32": 4,
-    "F32": 4,
-    "I64": 8,
-    "U64": 8,
-    "F64": 8,
-}
+
+@contextlib.contextmanager
+def open_checked(path: Path, framework: str = "numpy") -> Iterator:
+    """`safetensors.safe_open` of `path`; a file the library refuses is one TuneLedgerError line.
+
+    framework="numpy" serves the header (keys, metadata, slices' dtype and shape) without importing
+    torch (0.14 s instead of 0.94 s measured); tensors are read with framework="pt".
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework=framework)
+    except SafetensorError as exc:
+        raise TuneLedgerError(f"{path}: refused safetensors file: {exc}") from None
+    except OSError as exc:
+        raise TuneLedgerError(f"{path}: cannot read safetensors file: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """The tensor table and the byte offset of the data section, after checking every entry."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise TuneLedgerError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise TuneLedgerError(
-                f"{path}: corrupt safetensors header: declares {length} header bytes, file has {size}"
-            )
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise TuneLedgerError(f"{path}: corrupt safetensors header: not valid JSON") from None
-    if not isinstance(header, dict):
-        raise TuneLedgerError(f"{path}: corrupt safetensors header: not a JSON object")
-    _check_table(path, header, data_bytes=size - 8 - length)
-    return header, 8 + length
-
-
-def _check_table(path: Path, header: dict, data_bytes: int) -> None:
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
-                raise TuneLedgerError(
-                    f"{path}: corrupt safetensors header: __metadata__ must map strings to strings"
-                )
-            continue
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise TuneLedgerError(
-                f"{path}: corrupt safetensors header: tensor {name!r} lacks dtype/shape/offsets"
-            ) from None
-        if dtype not in DTYPE_BYTES:
-            raise TuneLedgerError(f"{path}: tensor {name!r}: unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not all(
-            isinstance(o, int) for o in (begin, end)
-        ):
-            raise TuneLedgerError(f"{path}: tensor {name!r}: shape and offsets must be non-negative integers")
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        if not 0 <= begin <= end <= data_bytes:
-            raise TuneLedgerError(
-                f"{path}: tensor {name!r}: offsets {begin}..{end} outside the {data_bytes}-byte data section"
-            )
-        if end - begin != numel * DTYPE_BYTES[dtype]:
-            raise TuneLedgerError(
-                f"{path}: tensor {name!r}: {dtype} {shape} needs {numel * DTYPE_BYTES[dtype]} bytes, "
-                f"offsets give {end - begin} (dtype or shape mismatch)"
-            )
-        spans.append((begin, end, name))
-    spans.sort()
-    for (_, first_end, first), (second_begin, _, second) in zip(spans, spans[1:], strict=False):
-        if second_begin < first_end:
-            raise TuneLedgerError(f"{path}: tensors {first!r} and {second!r} overlap")
-
-
-def tensor_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """name → (dtype, shape), read from the header alone."""
-    header, _ = read_header(path)
-    return {k: (v["dtype"], v["shape"]) for k, v in header.items() if k != "__metadata__"}
-
-
-def metadata(path: Path) -> dict[str, str]:
-    return read_header(path)[0].get("__metadata__", {})
-
-
+# The digest reads each tensor's raw bytes from the file in 4 MiB chunks instead of loading tensors
+# through the library (measured on a 400 MB tensor: peak RSS 23 MiB and 0.3 s, against 606 MiB and
+# 1.3 s with torch imported; torch cannot load F6 tensors at all). The library has checked the header
+# first; only the data offsets, which it does not expose, are read from the header here.
 def tensor_digest(path: Path) -> str:
     """SHA-256 of the tensors alone (names, dtypes, shapes, bytes), ignoring `__metadata__`.
 
     The same weights give the same digest whatever commit or content id the header carries.
     """
-    header, data_start = read_header(path)
+    with open_checked(path) as handle:
+        names = sorted(handle.keys())
+        described = {
+            name: (handle.get_slice(name).get_dtype(), handle.get_slice(name).get_shape()) for name in names
+        }
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for name in sorted(k for k in header if k != "__metadata__"):
-            entry = header[name]
-            begin, end = entry["data_offsets"]
-            digest.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
-            handle.seek(data_start + begin)
+    with open(path, "rb") as stream:
+        (length,) = struct.unpack("<Q", stream.read(8))
+        offsets = {
+            name: entry["data_offsets"]
+            for name, entry in json.loads(stream.read(length)).items()
+            if name in described
+        }
+        data_start = 8 + length
+        for name in names:
+            dtype, shape = described[name]
+            begin, end = offsets[name]
+            digest.update(json.dumps([name, dtype, shape]).encode())
+            stream.seek(data_start + begin)
             remaining = end - begin
             while remaining:
-                chunk = handle.read(min(remaining, 4 * 1024 * 1024))
+                chunk = stream.read(min(remaining, 4 * 1024 * 1024))
                 if not chunk:
                     raise TuneLedgerError(f"{path}: truncated inside tensor {name!r}")
                 digest.update(chunk)
@@ -124,17 +73,10 @@ def tensor_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_tensors(path: Path, device: str = "cpu") -> dict:
-    """Tensors of a checked file (no pickle involved)."""
-    from safetensors.torch import load_file
-
-    read_header(path)
-    return load_file(str(path), device=device)
-
-
 def rewrite_metadata(path: Path, extra: dict[str, str]) -> None:
     """Rewrite a (small) safetensors file with `extra` merged into its `__metadata__`."""
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
-    merged = {**metadata(path), **extra}
-    save_file(load_tensors(path), str(path), metadata=merged)
+    with open_checked(path) as handle:
+        merged = {**(handle.metadata() or {}), **extra}
+    save_file(load_file(str(path)), str(path), metadata=merged)

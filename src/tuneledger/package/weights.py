@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from tuneledger.errors import TuneLedgerError
 from tuneledger.package.files import ADAPTER_CONFIG as CONFIG
 from tuneledger.package.files import ADAPTER_WEIGHTS as WEIGHTS
-from tuneledger.package.safetensors_io import read_header, tensor_shapes
+from tuneledger.package.safetensors_io import open_checked
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: listing and verifying need no torch
     import torch
@@ -29,6 +29,13 @@ def read_config(package: Path) -> dict:
         raise TuneLedgerError(f"{path}: not found; is this a LoRA adapter package?") from None
     except json.JSONDecodeError as exc:
         raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt adapter config: {exc.msg}") from None
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """name → (dtype, shape) of every tensor, read from the header alone."""
+    with open_checked(path) as handle:
+        slices = {name: handle.get_slice(name) for name in handle.keys()}  # noqa: SIM118 (not a mapping)
+        return {name: (piece.get_dtype(), piece.get_shape()) for name, piece in slices.items()}
 
 
 def lora_modules(shapes: dict[str, tuple[str, list[int]]]) -> dict[str, dict[str, list[int]]]:
@@ -126,14 +133,10 @@ class AdapterWeights:
     base can hold gigabytes of factors)."""
 
     def __init__(self, package: Path):
-        from safetensors import safe_open
-
         package = Path(package)
         self.config = read_config(package)
-        path = package / WEIGHTS
-        read_header(path)  # the defensive header checks, before any tensor is read
         self._stack = ExitStack()
-        self._stored = self._stack.enter_context(safe_open(str(path), framework="pt"))
+        self._stored = self._stack.enter_context(open_checked(package / WEIGHTS, framework="pt"))
         self._names: dict[str, dict[str, str]] = {}
         for name in self._stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
             lora, magnitude = _LORA.match(name), _MAGNITUDE.match(name)
@@ -182,8 +185,6 @@ class BaseWeights:
     """Tensors of a base model directory (one or several safetensors files), read one at a time."""
 
     def __init__(self, base: Path):
-        from safetensors import safe_open
-
         self.base = Path(base)
         self._stack = ExitStack()
         self._files: dict[str, object] = {}
@@ -191,8 +192,7 @@ class BaseWeights:
         if not paths:
             raise TuneLedgerError(f"{self.base}: no *.safetensors weights; is this the base model directory?")
         for path in paths:
-            read_header(path)
-            handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
+            handle = self._stack.enter_context(open_checked(path, framework="pt"))
             self._files.update(dict.fromkeys(handle.keys(), handle))
 
     def __enter__(self) -> BaseWeights:
@@ -261,10 +261,10 @@ def health_problems(package: Path) -> list[str]:
     """Why these weights should not be served: non-finite values, or LoRA B never trained."""
     import torch
 
-    from tuneledger.package.safetensors_io import load_tensors
-
     problems = []
-    for name, tensor in sorted(load_tensors(Path(package) / WEIGHTS).items()):
+    with open_checked(Path(package) / WEIGHTS, framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    for name, tensor in sorted(tensors.items()):
         if not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
             problems.append(f"{name}: {bad} NaN/Inf values")
