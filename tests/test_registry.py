@@ -289,11 +289,18 @@ def test_named_artifacts_have_their_own_versions_and_stages(registry_copy):
     assert "artifact 'gpu-adapter' is not declared in dvc.yaml" in unknown.stderr
 
 
-def test_reproduce_rebuilds_a_version_to_the_same_content_id(registry_copy):
-    done = run("tuneledger", "reproduce", "v1.0.0", "--json", cwd=registry_copy)
+def test_reproduce_rebuilds_a_version_to_the_same_content_id(registry_copy, tiny_base_dir):
+    # A version whose whole pipeline is short (a local base, 12 steps), rebuilt from scratch in a
+    # worktree. That the default's own pipeline rebuilds its committed bytes is test_pipeline's.
+    short = {"model.base": str(tiny_base_dir), "data.builtin_rows": 60, "train.max_steps": 12}
+    set_params(registry_copy, **short)
+    run("dvc", "repro", cwd=registry_copy)
+    commit_all(registry_copy, "a short version")
+    run("tuneledger", "register", "--version", "v1.2.0", "--push", cwd=registry_copy)
+    done = run("tuneledger", "reproduce", "v1.2.0", "--json", cwd=registry_copy)
     result = json.loads(done.stdout)
     assert result["identical"] and result["differing"] == []
-    assert result["rebuilt"] == manifest_at(registry_copy, f"{NAME}@v1.0.0")["content_id"]
+    assert result["rebuilt"] == manifest_at(registry_copy, f"{NAME}@v1.2.0")["content_id"]
     assert run("git", "worktree", "list", cwd=registry_copy).stdout.count("\n") == 1
 
 
