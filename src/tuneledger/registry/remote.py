@@ -126,13 +126,20 @@ def download(
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(prefix + name, str(target))
         except DataIndexDirError as exc:  # the tree itself: neither cached nor from the remote
-            raise _remote_failed(
-                repo,
-                doing,
-                _first_line(exc.__cause__) if exc.__cause__ else "it does not hold it",
-                missing=f"{path} of commit {rev[:12]} is not in the local DVC cache and the ",
-                or_else=", or rebuild it with `dvc repro` at that commit",
-            ) from None
-        except FileNotFoundError:
-            missing = next((prefix + n for n in names if not fs.exists(prefix + n)), path)
-            raise TuneLedgerError(f"{doing}: commit {rev[:12]} has no {missing}") from None
+            raise _not_available(repo, doing, path, rev, exc.__cause__) from None
+        except FileNotFoundError as exc:
+            wanted = [path] if names is None else [prefix + n for n in names]
+            absent = next((name for name in wanted if not fs.exists(name)), None)
+            if absent is not None:
+                raise TuneLedgerError(f"{doing}: commit {rev[:12]} has no {absent}") from None
+            raise _not_available(repo, doing, path, rev, exc) from None  # in git, on no storage
+
+
+def _not_available(repo, doing: str, path: str, rev: str, cause: BaseException | None) -> TuneLedgerError:
+    return _remote_failed(
+        repo,
+        doing,
+        _first_line(cause) if cause else "it does not hold it",
+        missing=f"{path} of commit {rev[:12]} is not in the local DVC cache and the ",
+        or_else=", or rebuild it with `dvc repro` at that commit",
+    )
