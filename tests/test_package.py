@@ -64,19 +64,42 @@ def test_package_has_every_file_and_self_describes(default_run):
 
 
 def test_model_card_has_the_hugging_face_header(default_run):
-    import yaml
+    from huggingface_hub import ModelCard
 
-    card = (default_run / "models/export/README.md").read_text()
-    _, header, body = card.split("---\n", 2)
-    header = yaml.safe_load(header)
-    assert header["base_model"] == "builtin:tiny-gpt2" and header["library_name"] == "peft"
-    assert header["pipeline_tag"] == "text-generation" and "lora" in header["tags"]
-    metrics = {m["type"]: m["value"] for m in header["model-index"][0]["results"][0]["metrics"]}
-    assert (
-        metrics["exact_match"]
-        == read_json(default_run / "results/evaluate/metrics.json")["tuned"]["exact_match"]
-    )
-    assert "PeftModel.from_pretrained" in body and "How it was trained" in body
+    card = ModelCard.load(default_run / "models/export/README.md")  # the hub's own parser
+    assert "base_model" not in card.data.to_dict()  # builtin:tiny-gpt2 is no hub id
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert "lora" in card.data.tags
+    tuned = read_json(default_run / "results/evaluate/metrics.json")["tuned"]
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert {name: result.metric_value for name, result in results.items()} == {
+        name: value for name, value in tuned.items() if value is not None
+    }
+    assert {result.dataset_split for result in results.values()} == {"test"}
+    assert "PeftModel.from_pretrained" in card.text and "How it was trained" in card.text
+    assert "dtype `auto`, quantization `none`" in card.text
+
+
+@pytest.mark.parametrize(
+    ("base", "kind", "linked"),
+    [
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "hub", True),
+        ("/data/models/llama", "local", False),
+        ("builtin:tiny-gpt2", "builtin", False),
+    ],
+)
+def test_model_card_links_only_a_hub_base_model(default_run, base, kind, linked):
+    from huggingface_hub import ModelCard
+
+    from tuneledger.package import card
+
+    meta = read_json(default_run / "models/export/metadata.json")
+    meta["base_model"] |= {"id": base, "kind": kind}
+    meta["params"]["model"] |= {"dtype": "bfloat16", "quantization": "nf4"}
+    rendered = ModelCard(card.render(meta))
+    assert rendered.data.base_model == (base if linked else None)
+    assert rendered.data.model_name == f"LoRA adapter for {base}"
+    assert "dtype `bfloat16`, quantization `nf4`" in rendered.text
 
 
 def test_signature_bounds_requests(default_run):

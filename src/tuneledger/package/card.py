@@ -2,37 +2,40 @@
 
 from __future__ import annotations
 
-import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from tuneledger.secrets import redact, redact_data
 
+TAGS = ["tuneledger", "lora", "peft", "dvc"]
 
-def _header(meta: dict) -> dict:
-    tuned = meta["metrics"].get("tuned", {})
-    metrics = [
-        {"type": key, "name": f"{key} (tuned)", "value": value}
-        for key, value in tuned.items()
+
+def card_data(meta: dict) -> ModelCardData:
+    """The card's YAML header: library, task, tags, the tuned model's test metrics, and the base
+    model when it is a Hugging Face Hub id (a local directory or built-in is no hub link)."""
+    base = meta["base_model"]
+    source = meta["params"]["data"]["source"]
+    results = [
+        EvalResult(
+            task_type="text-generation",
+            task_name="Text generation",
+            dataset_type=source,
+            dataset_name=source,
+            dataset_split="test",
+            metric_type=key,
+            metric_name=f"{key} (tuned)",
+            metric_value=value,
+        )
+        for key, value in meta["metrics"].get("tuned", {}).items()
         if value is not None
     ]
-    source = meta["params"]["data"]["source"]
-    return {
-        "base_model": meta["base_model"]["id"],
-        "library_name": "peft",
-        "pipeline_tag": "text-generation",
-        "tags": ["tuneledger", "lora", "peft", "dvc"],
-        "model-index": [
-            {
-                "name": f"LoRA adapter for {meta['base_model']['id']}",
-                "results": [
-                    {
-                        "task": {"type": "text-generation", "name": "Text generation"},
-                        "dataset": {"name": source, "type": source, "split": "test"},
-                        "metrics": metrics,
-                    }
-                ],
-            }
-        ],
-    }
+    return ModelCardData(
+        base_model=base["id"] if base.get("kind") == "hub" else None,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        tags=TAGS,
+        model_name=f"LoRA adapter for {base['id']}",
+        eval_results=results or None,
+    )
 
 
 def _metric_rows(metrics: dict) -> str:
@@ -50,7 +53,7 @@ def render(meta: dict) -> str:
     meta = redact_data(meta)  # before YAML or Markdown quote anything, where escaping hides secrets
     p, train, git = meta["params"], meta["training"], meta["git"]
     splits = ", ".join(f"{s} {v['rows']} rows" for s, v in meta["data"]["splits"].items())
-    lora = p["lora"]
+    lora, model = p["lora"], p["model"]
     targets = ", ".join(meta["adapter"]["target_modules_from_weights"])  # what was adapted, even for "auto"
     body = f"""
 # LoRA adapter for `{meta["base_model"]["id"]}`
@@ -60,6 +63,7 @@ A LoRA adapter for `{meta["base_model"]["id"]}`, built and versioned by TuneLedg
 - content id: `{meta["content_id"]}`
 - git commit: `{git["commit"]}`{" (uncommitted changes at build time)" if git["dirty"] else ""}
 - created: {meta["created"]}
+- base model loaded with dtype `{model["dtype"]}`, quantization `{model["quantization"]}`
 
 ## How it was trained
 
@@ -97,5 +101,6 @@ tokenizer = AutoTokenizer.from_pretrained("path/to/this/package")
 
 Requests must fit `signature.json` (prompt length, generation parameters and their bounds).
 """
-    header = yaml.safe_dump(_header(meta), sort_keys=False, allow_unicode=True)
-    return redact(f"---\n{header}---\n{body}")
+    header = card_data(meta).to_yaml()
+    card = ModelCard(f"---\n{header}\n---\n{body}")  # parsed and checked by the hub's own code
+    return redact(str(card))
