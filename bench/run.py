@@ -16,6 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import clone_template, sh  # noqa: E402
+
 from tuneledger.package.environment import cpu_name  # noqa: E402
 
 # In order: `pipeline` leaves a completed default run that the later sections build on.
@@ -46,19 +48,23 @@ def machine() -> str:
     )
 
 
-# Sections that build on what an earlier one leaves in ctx, and that section.
-NEEDS = {name: "pipeline" for name in ("noop", "experiments", "registry", "serving_limits", "shadow")}
-NEEDS["storage"] = "registry"
+# Sections that measure on a completed default run (the `pipeline` section leaves one in ctx).
+ON_DEFAULT_RUN = {"noop", "experiments", "registry", "serving_limits", "shadow"}
+NEEDS = {"storage": "registry"}  # storage reads the sizes that registry measured
 
 
 def chosen(only: list[str]) -> list[str]:
     """The sections to run, with the sections they build on, in SECTIONS order."""
-    wanted = set(only)
-    for name in only:
-        while name in NEEDS:
-            name = NEEDS[name]
-            wanted.add(name)
+    wanted = set(only) | {NEEDS[name] for name in only if name in NEEDS}
     return [name for name in SECTIONS if name in wanted]
+
+
+def default_run(ctx: dict) -> None:
+    """A completed default run for sections that need one when `pipeline` was not run."""
+    if "repo" not in ctx:
+        repo = clone_template(ctx["work"] / "default")
+        sh("dvc", "repro", cwd=repo)
+        ctx["repo"] = repo
 
 
 def render(stored: dict[str, dict]) -> str:
@@ -105,6 +111,8 @@ def main() -> None:
         try:
             for name in chosen(args.only):
                 print(f"bench: {name} … ({(time.monotonic() - started) / 60:.1f} min so far)", flush=True)
+                if name in ON_DEFAULT_RUN:
+                    default_run(ctx)
                 begun = time.monotonic()
                 result = importlib.import_module(name).run(ctx)
                 result["seconds"] = time.monotonic() - begun
