@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import copy_repo, read_json, run, set_params
-from tuneledger.checkpoints import SEAL, checkpoints, select_resumable
+from tuneledger.checkpoints import SEAL, checkpoint_dirs, select_resumable
 from tuneledger.package import manifest
 
 TARGETS = ["c_attn", "c_proj"]
@@ -151,7 +151,7 @@ def chosen_checkpoints(default_run):
 def test_the_run_resumes_its_own_final_checkpoint(default_run, chosen_checkpoints):
     as_run = chosen_checkpoints["as run"]
     assert as_run["config_id"] == read_json(default_run / "results/train/summary.json")["config_id"]
-    newest = checkpoints(default_run / "models/checkpoints")[-1]
+    newest = checkpoint_dirs(default_run / "models/checkpoints")[-1]
     assert as_run["resume"] == newest.relative_to(default_run).as_posix()
 
 
@@ -161,5 +161,5 @@ def test_another_launch_setting_is_another_configuration(default_run, chosen_che
     assert other["config_id"] != chosen_checkpoints["as run"]["config_id"]
     assert other["resume"] is None  # every sealed checkpoint of the run is refused
     root = default_run / "models/checkpoints"
-    assert all((c / SEAL).is_file() for c in checkpoints(root)), "every checkpoint of the run is sealed"
-    assert select_resumable(root, other["config_id"], remove=False) == (None, checkpoints(root))
+    assert all((c / SEAL).is_file() for c in checkpoint_dirs(root)), "every checkpoint of the run is sealed"
+    assert select_resumable(root, other["config_id"], remove=False) == (None, checkpoint_dirs(root))

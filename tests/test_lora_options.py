@@ -41,7 +41,8 @@ def test_an_unknown_target_is_one_line_from_peft(default_run):
     with pytest.raises(TuneLedgerError) as refused:
         adapted(default_run, target_modules=["q_proj"])
     message = str(refused.value)
-    assert message.startswith("params.yaml: lora.target_modules: ['q_proj'] not in the base model (it has c_attn")
+    expected = "params.yaml: lora.target_modules: ['q_proj'] not in the base model (it has c_attn"
+    assert message.startswith(expected)
     assert "\n" not in message
 
 

@@ -42,7 +42,7 @@ def _is_intact(checkpoint: Path, config_id: str) -> bool:
         return False
 
 
-def checkpoints(root: Path) -> list[Path]:
+def checkpoint_dirs(root: Path) -> list[Path]:
     """`checkpoint-<step>` directories under root, oldest step first."""
     found = [p for p in root.glob("checkpoint-*") if p.is_dir() and _STEP.match(p.name)]
     return sorted(found, key=lambda p: int(_STEP.match(p.name).group(1)))
@@ -55,7 +55,7 @@ def select_resumable(root: Path, config_id: str, remove: bool = True) -> tuple[P
     place would be mixed with the new run's files; it is deleted instead of resumed.
     """
     usable, removed = [], []
-    for checkpoint in checkpoints(root):
+    for checkpoint in checkpoint_dirs(root):
         if _is_intact(checkpoint, config_id):
             usable.append(checkpoint)
         else:
