@@ -50,7 +50,8 @@ def machine() -> str:
 
 # Sections that measure on a completed default run (the `pipeline` section leaves one in ctx).
 ON_DEFAULT_RUN = {"noop", "experiments", "registry", "serving_limits", "shadow"}
-NEEDS = {"storage": "registry"}  # storage reads the sizes that registry measured
+# storage reads the sizes that registry measured; the serving sections serve the versions it registered
+NEEDS = {"storage": "registry", "serving_limits": "registry", "shadow": "registry"}
 
 
 def chosen(only: list[str]) -> list[str]:
