@@ -18,18 +18,26 @@ def _bucket_bytes(s3: LocalS3) -> int:
     return sum(obj["Size"] for page in pages for obj in page.get("Contents", []))
 
 
+def commit(repo, message: str) -> None:
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=repo)
+
+
 def _setup(ctx: dict) -> dict:
     """v1.0.0 (default) and v1.1.0 (r=4) registered and pushed; prod on v1.1.0."""
     repo, s3 = ctx["repo"], LocalS3().start()
     ctx["s3"] = s3
     configure_remote(s3.endpoint, cwd=str(repo))
+    # A run rewrites results/train/summary.json (its runtime); register needs a clean tree.
+    commit(repo, "default run")
     sh("tuneledger", "register", "--push", cwd=repo)
     sh("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
     before = _bucket_bytes(s3)
     set_param(repo, "lora.r", 4)
+    # Rank 4's held-out loss is about 19% above rank 8's on the tiny base; this registry accepts it.
+    set_param(repo, "registry.tolerance", 0.25)
     sh("dvc", "repro", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-q", "-m", "rank 4", cwd=repo)
+    commit(repo, "rank 4")
     sh("tuneledger", "register", "--push", cwd=repo)
     sh("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo)
     return {
