@@ -156,12 +156,16 @@ class StageOutputs(Publication):
     Linking is safe because no stage writes into a file it did not just create.
     """
 
+    def __init__(self, *targets: str | Path, written_in_place: tuple[Path, ...] = ()):
+        super().__init__(*targets)
+        self.written_in_place = written_in_place  # outputs a library writes directly (checkpoints)
+
     def commit(self) -> None:
-        link_to_dvc_cache(*(staged_path(target) for target in self.targets))
+        _link_to_dvc_cache(*(staged_path(target) for target in self.targets), *self.written_in_place)
         super().commit()
 
 
-def link_to_dvc_cache(*paths: Path) -> None:
+def _link_to_dvc_cache(*paths: Path) -> None:
     """Replace each file under paths whose bytes the DVC cache holds by a hard link to that object."""
     cache = _dvc_cache()
     if cache is not None:

@@ -27,7 +27,7 @@ from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_D
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES
 from tuneledger.params import Params
 from tuneledger.progress import say
-from tuneledger.publication import StageOutputs, link_to_dvc_cache, staged_path
+from tuneledger.publication import StageOutputs, staged_path
 from tuneledger.stages import stage_entry
 
 
@@ -44,7 +44,11 @@ def run(params: Params) -> dict:
     model = adapted_model(params)
     train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
     masked_by_template = assistant_masks(params, tokenizer, train_rows)
-    outputs = StageOutputs(ADAPTER_DIR, TRAIN_RESULTS).begin() if primary else None
+    outputs = (
+        StageOutputs(ADAPTER_DIR, TRAIN_RESULTS, written_in_place=(CHECKPOINTS_DIR,)).begin()
+        if primary
+        else None
+    )
     live = _live(outputs) if outputs else None
     trainer = SFTTrainer(
         model=model,
@@ -304,7 +308,6 @@ def _publish(staged, live, summary: dict, outputs: StageOutputs) -> None:
     summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
     summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     outputs.commit()
-    link_to_dvc_cache(CHECKPOINTS_DIR)  # the trainer writes checkpoints in place, not through `outputs`
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
 
 
