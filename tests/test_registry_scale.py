@@ -5,9 +5,12 @@ and `dvc artifacts get --stage` agree with it, at two versions and at a long his
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import read_json, run
 from registry_history import NAME, write_history
+
+from tuneledger.registry import tags
 
 
 def gto_holder(repo, stage: str) -> str:
@@ -47,3 +50,37 @@ def test_a_long_history_reads_in_one_pass_and_stays_gto_compatible(project_copy)
     assert tuneledger_holder(project_copy, "prod") == gto_holder(project_copy, "prod") == previous
     newest = json.loads(run("tuneledger", "history", "--json", cwd=project_copy).stdout)[0]
     assert newest["tag"] == f"{NAME}#prod#301" and newest["event"] == "rollback"
+
+
+def tag_times(repo, pattern: str) -> list[int]:
+    out = run("git", "for-each-ref", "--format=%(creatordate:unix)", f"refs/tags/{pattern}", cwd=repo)
+    return [int(line) for line in out.stdout.split()]
+
+
+def test_stage_moves_in_quick_succession_never_share_a_second(tmp_path, monkeypatch):
+    """gto and DVC order stage tags by their one-second tag time; git's coarse clock lags Python's,
+    so a tag made just as the second turns must still get the later second."""
+    monkeypatch.chdir(tmp_path)
+    run("git", "init", "-q", cwd=tmp_path)
+    for version in ("v1.0.0", "v1.1.0"):
+        run("git", "commit", "-q", "--allow-empty", "-m", version, cwd=tmp_path)
+        head = run("git", "rev-parse", "HEAD", cwd=tmp_path).stdout.strip()
+        tags.register(NAME, head, version, "patch", "register")
+    for version in ("v1.0.0", "v1.1.0") * 3:
+        tags.assign(NAME, version, "prod", "move")
+    times = tag_times(tmp_path, f"{NAME}#prod#*")
+    assert len(set(times)) == len(times) == 6
+    assert run("gto", "show", f"{NAME}#prod", "--version", cwd=tmp_path).stdout.strip() == "v1.1.0"
+
+
+def test_a_tag_from_a_clock_ahead_is_followed_without_waiting(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run("git", "init", "-q", cwd=tmp_path)
+    run("git", "commit", "-q", "--allow-empty", "-m", "v1.0.0", cwd=tmp_path)
+    ahead = int(time.time()) + 3600
+    registered_ahead = {"GIT_COMMITTER_DATE": f"@{ahead}"}
+    run("git", "tag", "-a", f"{NAME}@v1.0.0", "-m", "registered", cwd=tmp_path, env=registered_ahead)
+    started = time.monotonic()
+    tags.assign(NAME, "v1.0.0", "prod", "move")
+    assert time.monotonic() - started < 5
+    assert tag_times(tmp_path, f"{NAME}#prod#*") == [ahead + 1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,17 @@ from tuneledger.errors import TuneLedgerError
 PIPELINE_OUTPUTS = ("dvc.lock", "models/export.manifest.json", "results")
 
 
-def run_git(*args: str, cwd: Path | str = ".", check: bool = True) -> str:
+def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str, str] | None = None) -> str:
+    """git's output; `env` adds to the inherited environment."""
     try:
-        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, **env} if env else None,
+        )
     except FileNotFoundError:
         raise TuneLedgerError("git is not installed or not on PATH") from None
     if check and done.returncode != 0:

@@ -174,12 +174,19 @@ def holders_stack(name: str, stage: str, repo: str = ".") -> list[str]:
     return stack
 
 
-def _wait_for_next_second(known: list[Event]) -> None:
-    """Tag times have one-second resolution and tools order stage tags by time: never share a second."""
-    if known:
-        newest = max(e.time for e in known).timestamp()
-        while time.time() < newest + 1:
-            time.sleep(min(0.05, newest + 1 - time.time() + 0.001))
+def _tag_time(known: list[Event]) -> dict[str, str]:
+    """The environment that stamps a new tag one second after the artifact's newest tag.
+
+    Tag times have one-second resolution and gto and DVC order stage tags by time, so two tags must
+    never share a second. Waiting for the wall clock is not enough: git reads the kernel's coarse
+    clock, which lags `time.time()` by up to a tick, so a tag made just after the second turned was
+    stamped with the old second. The wait keeps tags from running ahead of the clock; the explicit
+    date keeps their order."""
+    newest = int(max(e.time for e in known).timestamp()) if known else 0
+    # A tag from a clock more than a second ahead is not waited for: it is followed at once.
+    while time.time() < newest + 1 <= time.time() + 1:
+        time.sleep(min(0.05, newest + 1 - time.time() + 0.001))
+    return {"GIT_COMMITTER_DATE": f"@{max(newest + 1, int(time.time()))}"}
 
 
 def _next_counter(name: str, repo: str | Path) -> int:
@@ -219,8 +226,8 @@ def register(
             f"register {name}: commit {commit[:12]} is already registered as {on_commit[0]}"
         )
     version = version or _bumped(list(registered), bump)
-    _wait_for_next_second(known)
-    run_git("tag", "-a", f"{name.replace(':', '=')}@{version}", "-m", message, commit, cwd=repo)
+    tag = f"{name.replace(':', '=')}@{version}"
+    run_git("tag", "-a", tag, "-m", message, commit, cwd=repo, env=_tag_time(known))
     return version
 
 
@@ -232,6 +239,5 @@ def assign(name: str, version: str, stage: str, message: str, repo: str | Path =
     if version not in commits:
         raise TuneLedgerError(f"assign {name} {version} → {stage}: version {version} is not registered")
     tag = f"{name.replace(':', '=')}#{stage}#{_next_counter(name, repo)}"
-    _wait_for_next_second(known)
-    run_git("tag", "-a", tag, "-m", message, commits[version], cwd=repo)
+    run_git("tag", "-a", tag, "-m", message, commits[version], cwd=repo, env=_tag_time(known))
     return tag
