@@ -14,7 +14,7 @@ from tuneledger import tasks
 
 pytestmark = pytest.mark.slow
 
-TRAIN = {"max_steps": 30, "batch_size": 8, "lr": 0.005, "max_length": 64, "logging_steps": 5}
+TRAIN = {"max_steps": 15, "batch_size": 8, "lr": 0.005, "max_length": 64, "logging_steps": 5}
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,8 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
     set_params(
         repo,
         **{"model.quantization": "nf4", "lora.target_modules": "all-linear", "export.merge": True},
-        **{"train.max_steps": 4, "train.gradient_checkpointing": True, "eval.max_examples": 4},
+        **{"train.max_steps": 4, "train.batch_size": 2, "train.gradient_checkpointing": True},
+        **{"eval.max_examples": 4},
     )
     run("dvc", "repro", cwd=repo)
     summary = read_json(repo / "results/train/summary.json")

@@ -43,6 +43,10 @@ def test_a_long_history_reads_in_one_pass_and_stays_gto_compatible(project_copy)
     assert {s: r["version"] for r in rows for s in r["stages"]} == holders
     events = json.loads(run("tuneledger", "history", "--json", cwd=project_copy).stdout)
     assert len(events) == 450 and events[0]["tag"] == f"{NAME}#prod#300"
+    table = run("tuneledger", "history", cwd=project_copy).stdout
+    assert f"{NAME}#prod#300" not in table and "400 older events not shown" in " ".join(table.split())
+    assert table.count("│ promote") == 50
+    assert run("tuneledger", "history", "--limit", "0", cwd=project_copy).stdout.count("│ promote") == 300
     assert gto_holder(project_copy, "prod") == holders["prod"]
     rolled = run("tuneledger", "rollback", "--stage", "prod", cwd=project_copy).stdout
     previous = next(e["from"] for e in events if e["tag"] == f"{NAME}#prod#300")

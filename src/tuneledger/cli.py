@@ -128,15 +128,24 @@ def main() -> None:
 # --- registry -------------------------------------------------------------------------------
 NameOption = Annotated[str, typer.Option("--name", help="Artifact declared in dvc.yaml `artifacts:`.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# A table of thousands of rows is unreadable and takes rich seconds to lay out; --json has every row.
+LimitOption = Annotated[int, typer.Option("--limit", help="Rows in the table (0: all); --json has all.")]
+TABLE_ROWS = 50
 
 
-def _table(title: str, rows: list[dict], columns: list[str]) -> None:
-    table = Table(title=title)
+def _table(title: str, rows: list[dict], columns: list[str], hidden: str | None = None) -> None:
+    table = Table(title=title, caption=hidden)
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
     out.print(table)
+
+
+def _hidden(shown: int, total: int, noun: str) -> str | None:
+    if shown == total:
+        return None
+    return f"{total - shown} older {noun} not shown: --limit 0 for all, --json for scripts"
 
 
 @command()
@@ -205,12 +214,19 @@ def rollback(
 
 
 @command()
-def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: JsonOption = False) -> None:
-    """Registered versions, the stages they hold, content ids and key metrics."""
-    rows = api.show(name)
+def show(
+    name: Annotated[str | None, typer.Option("--name")] = None,
+    as_json: JsonOption = False,
+    limit: LimitOption = TABLE_ROWS,
+) -> None:
+    """Registered versions, the stages they hold, content ids and key metrics (oldest first)."""
+    every = api.show(name)
     if as_json:
-        _print_json(rows)
+        _print_json(every)
         return
+    # The newest `limit` versions, and every older one that still holds a stage.
+    newest = every[-limit:] if limit else every
+    rows = [row for row in every[: len(every) - len(newest)] if row["stages"]] + newest
     for row in rows:
         row["stages"] = ", ".join(row["stages"])
         row["commit"] = row["commit"][:12]
@@ -220,6 +236,7 @@ def show(name: Annotated[str | None, typer.Option("--name")] = None, as_json: Js
         "registry",
         rows,
         ["artifact", "version", "stages", "commit", "created", "content_id", "exact match", "loss"],
+        _hidden(len(rows), len(every), "versions"),
     )
 
 
@@ -230,15 +247,16 @@ def history(
         Path | None, typer.Option(help="Also show when `serve` swapped versions (default log if present).")
     ] = None,
     as_json: JsonOption = False,
+    limit: LimitOption = TABLE_ROWS,
 ) -> None:
     """Who registered, promoted and rolled back what, when and why (newest first)."""
-    rows = api.history(name, db)
+    every = api.history(name, db)
     if as_json:
-        _print_json(rows)
+        _print_json(every)
         return
-    _table(
-        "registry history", rows, ["time", "artifact", "event", "version", "stage", "from", "by", "reason"]
-    )
+    rows = every[:limit] if limit else every
+    columns = ["time", "artifact", "event", "version", "stage", "from", "by", "reason"]
+    _table("registry history", rows, columns, _hidden(len(rows), len(every), "events"))
 
 
 @command()

@@ -62,6 +62,17 @@ def use_portable_cpu_kernels() -> None:
             os.environ.setdefault(name, value)
 
 
+def skip_bitsandbytes_unless(quantization: str) -> None:
+    """A stage that does not quantize never loads bitsandbytes. peft imports it whenever it is
+    installed, and that import alone takes 0.7 s (it builds torch._inductor). Python's documented
+    marker for an absent module (`sys.modules[name] = None`) makes peft and transformers treat it as
+    not installed. Call before anything imports peft; an already loaded bitsandbytes is kept."""
+    import sys
+
+    if quantization == "none":
+        sys.modules.setdefault("bitsandbytes", None)
+
+
 def cpu_kernels() -> dict:
     """The CPU kernel selection in effect, for metadata."""
     import os

@@ -21,10 +21,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCrite
 from tuneledger.generation import sampling_options
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package import signature as signature_format
+from tuneledger.package.files import GENERATION_CONFIG
 from tuneledger.package.loader import load
 from tuneledger.package.signature import SignatureViolation
-
-GENERATION_CONFIG = "generation_config.json"
 
 
 @dataclass(frozen=True)

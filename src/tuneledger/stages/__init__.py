@@ -1,4 +1,8 @@
-"""One module per DVC stage. Each has `run(params)` for tests and a thin `main` for `dvc repro`."""
+"""One module per DVC stage. Each has `run(params)` for tests and a thin `main` for `dvc repro`.
+
+Stage modules import torch, transformers, peft and trl inside the functions that use them: each
+stage is a process of its own, so it pays only for what it uses, and `main` can keep bitsandbytes
+out of a run that does not quantize before peft is first imported."""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneledger.errors import friendly_errors
-from tuneledger.modeling import use_portable_cpu_kernels
+from tuneledger.modeling import skip_bitsandbytes_unless, use_portable_cpu_kernels
 from tuneledger.params import Params, load_params
 from tuneledger.progress import quiet_libraries
 
@@ -21,6 +25,7 @@ def stage_entry(run: Callable[[Params], Any]) -> Callable[[], None]:
     @friendly_errors
     def main() -> None:
         params = load_params()  # refuse bad params before any output is touched
+        skip_bitsandbytes_unless(params.model.quantization)  # stage modules import peft lazily, after this
         run(params)
 
     return main

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-from peft import PeftModel
-
 from tuneledger import data, evaluation, modeling
 from tuneledger.fsutil import write_text_atomic
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, PREPARED_DIR
@@ -17,6 +15,8 @@ METRICS = ("loss", "perplexity", "exact_match")
 
 
 def run(params: Params) -> dict:
+    from peft import PeftModel
+
     rows = data.read_split(PREPARED_DIR, "test")[: params.eval.max_examples]
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     model = modeling.load_base(BASE_DIR, None, params.model.dtype, params.model.quantization)  # as trained

@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tuneledger import base_model, chat, data, git, modeling
+from tuneledger import base_model, data, git, modeling
 from tuneledger.hashing import sha256_file, tree_digest
 from tuneledger.layout import (
     ADAPTER_DIR,
@@ -47,27 +47,16 @@ def _base_record() -> dict:
 
 
 def _copy_adapter(base_id: str, staged: Path) -> None:
-    """The trained adapter, naming its base as the user gave it (a hub id or a local path), so
-    `AutoPeftModelForCausalLM`, vLLM and the Hub find it; the snapshot path would mean nothing elsewhere."""
-    shutil.copyfile(ADAPTER_DIR / ADAPTER_WEIGHTS, staged / ADAPTER_WEIGHTS)
+    """The trained adapter and its generation config, naming its base as the user gave it (a hub id
+    or a local path), so `AutoPeftModelForCausalLM`, vLLM and the Hub find it; the snapshot path
+    would mean nothing elsewhere."""
+    for name in (ADAPTER_WEIGHTS, GENERATION_CONFIG):
+        shutil.copyfile(ADAPTER_DIR / name, staged / name)
     config = json.loads((ADAPTER_DIR / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base_id
     (staged / ADAPTER_CONFIG).write_text(
         json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
-
-
-def _write_generation_config(staged: Path) -> None:
-    """Every token that ends an answer (eos and the chat template's end-of-turn), so plain
-    transformers `generate` stops where the tuned model learnt to. Written as plain JSON rather
-    than `GenerationConfig.save_pretrained`, which stamps the transformers version into it."""
-    tokenizer = modeling.load_tokenizer(BASE_DIR)
-    config = {
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": chat.eos_token_ids(tokenizer),
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    (staged / GENERATION_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _signature(params: Params, base_config: dict, conversational: bool) -> dict:
@@ -99,7 +88,6 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
     base = base_model.read_source(BASE_DIR)
     _copy_adapter(base["id"], staged)
     modeling.copy_tokenizer(BASE_DIR, staged)  # the chat template among them
-    _write_generation_config(staged)
     if params.export.merge:
         _write_merged(staged, params)
     content_id = manifest.content_id(staged, manifest.package_files(staged))

@@ -11,28 +11,31 @@ import importlib.util
 import json
 import os
 import time
-
-import torch
-from datasets import Dataset
-from dvclive import Live
-from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import PrinterCallback, TrainerCallback, set_seed
-from trl import SFTConfig, SFTTrainer
+from typing import TYPE_CHECKING
 
 from tuneledger import chat, checkpoints, data, modeling
-from tuneledger.callbacks import LogToDvcLive, SealCheckpoints, ShowProgress
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
-from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES, GENERATION_CONFIG
 from tuneledger.params import Params
 from tuneledger.progress import say
 from tuneledger.publication import StageOutputs, staged_path
 from tuneledger.stages import stage_entry
 
+if TYPE_CHECKING:  # for annotations: the functions below import these libraries where they use them
+    from datasets import Dataset
+    from dvclive import Live
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
 
 def run(params: Params) -> dict:
     """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
     primary = is_main_process()
     config = config_id(params)
     resume = _resumable_checkpoint(config, primary)
@@ -80,12 +83,15 @@ def run(params: Params) -> dict:
     adapter = outputs.staged_dir(ADAPTER_DIR) if primary else staged_path(ADAPTER_DIR)
     trainer.save_model(str(adapter))  # every rank: under FSDP the full adapter is gathered from the shards
     if primary:
-        _publish(adapter, live, summary, outputs)
+        _publish(adapter, tokenizer, live, summary, outputs)
     return summary
 
 
 def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict], callbacks=()) -> SFTTrainer:
     """trl's trainer over the base with a fresh adapter, the prepared rows and the run's chat template."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     trainer = SFTTrainer(
         model=adapted_model(params),
@@ -146,6 +152,8 @@ def check_train_params(params: Params) -> None:
 def lora_config(params: Params) -> LoraConfig:
     """peft's own config: it resolves `all-linear`, knows each architecture's attention layers
     (`auto` = its default), and sets `fan_in_fan_out` for GPT-2's Conv1D layers itself."""
+    from peft import LoraConfig
+
     lora = params.lora
     return LoraConfig(
         r=lora.r,
@@ -161,6 +169,9 @@ def lora_config(params: Params) -> LoraConfig:
 
 def adapted_model(params: Params):
     """The base (quantized if asked) with a freshly initialised adapter, seeded."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
     model = modeling.load_base(BASE_DIR, "cpu", params.model.dtype, params.model.quantization)
     if params.model.quantization != "none":
         model = prepare_model_for_kbit_training(
@@ -180,6 +191,7 @@ def _unknown_targets(targets, model) -> str | None:
     """peft says only that no name matched; the user needs the names the model does have."""
     if not isinstance(targets, list):
         return None
+    import torch
     from transformers.pytorch_utils import Conv1D
 
     layers = (torch.nn.Linear, Conv1D)  # what LoRA can adapt here; 4-bit layers subclass Linear
@@ -208,6 +220,8 @@ def assistant_masks(params: Params, tokenizer, rows: list[dict]) -> bool:
 def training_dataset(params: Params, tokenizer, rows: list[dict]) -> Dataset:
     """Rows as trl takes them. `messages` rows whose template trl cannot mask come tokenized, with
     an `assistant_masks` column marking each answer and its end-of-turn token."""
+    from datasets import Dataset
+
     masked = params.train.assistant_only_loss and rows and "messages" in rows[0]
     if masked and not chat.marks_assistant_turns(tokenizer):
         return Dataset.from_list([chat.assistant_masked(tokenizer, row) for row in rows])
@@ -219,6 +233,9 @@ def _step_or_epoch(steps: int | None) -> dict:
 
 
 def sft_config(params: Params, assistant_only_loss: bool = False) -> SFTConfig:
+    import torch
+    from trl import SFTConfig
+
     on_gpu = torch.cuda.is_available()
     t = params.train
     save, evaluate = _step_or_epoch(t.save_steps), _step_or_epoch(t.eval_steps)
@@ -276,10 +293,14 @@ def _resumable_checkpoint(config: str, primary: bool):
 def _live(outputs: StageOutputs) -> Live:
     # dvclive writes into the staged results/train, published with the adapter or not at all.
     # No dvc.yaml edits and no experiment of its own: dvc.yaml declares the plots, DVC owns experiments.
+    from dvclive import Live
+
     return Live(str(outputs.staged_dir(TRAIN_RESULTS)), dvcyaml=None, save_dvc_exp=False, report=None)
 
 
 def _callbacks(config: str, live: Live | None) -> list[TrainerCallback]:
+    from tuneledger.callbacks import LogToDvcLive, SealCheckpoints, ShowProgress
+
     callbacks: list[TrainerCallback] = [SealCheckpoints(config), ShowProgress()]
     return callbacks + [LogToDvcLive(live)] if live else callbacks
 
@@ -299,16 +320,30 @@ def _write_canonical_config(adapter_dir) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _publish(staged, live, summary: dict, outputs: StageOutputs) -> None:
+def _publish(staged, tokenizer, live, summary: dict, outputs: StageOutputs) -> None:
     """Put the adapter and the logs into place together, only now that training has succeeded."""
     for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # tokenizer, README, a pickled args file
         os.remove(staged / extra)
     _write_canonical_config(staged)
+    _write_generation_config(staged, tokenizer)
     live.end()
     summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
     summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     outputs.commit()
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
+
+
+def _write_generation_config(staged, tokenizer) -> None:
+    """Every token that ends an answer (eos and the chat template's end-of-turn, the ones the adapter
+    learnt to stop at), so plain transformers `generate` stops there too. Written here, where the
+    tokenizer is loaded anyway, so `export` copies it without importing torch. Plain JSON rather
+    than `GenerationConfig.save_pretrained`, which stamps the transformers version into it."""
+    config = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": chat.eos_token_ids(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    (staged / GENERATION_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 main = stage_entry(run)
