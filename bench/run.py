@@ -23,6 +23,7 @@ from tuneledger.package.environment import cpu_name  # noqa: E402
 # In order: `pipeline` leaves a completed default run that the later sections build on.
 SECTIONS = [
     "pipeline",
+    "stage_startup",
     "noop",
     "experiments",
     "registry",
@@ -49,7 +50,7 @@ def machine() -> str:
 
 
 # Sections that measure on a completed default run (the `pipeline` section leaves one in ctx).
-ON_DEFAULT_RUN = {"noop", "experiments", "registry", "serving_limits", "shadow"}
+ON_DEFAULT_RUN = {"stage_startup", "noop", "experiments", "registry", "serving_limits", "shadow"}
 # storage reads the sizes that registry measured; the serving sections serve the versions it registered
 NEEDS = {"storage": "registry", "serving_limits": "registry", "shadow": "registry"}
 

@@ -9,7 +9,6 @@ import time
 
 from conftest import read_json, run
 from registry_history import NAME, write_history
-
 from tuneledger.registry import tags
 
 

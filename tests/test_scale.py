@@ -41,7 +41,8 @@ def test_a_two_variant_queue_runs_in_parallel(variant, tmp_path):
     repo = copy_repo(variant[0], tmp_path / "repo")
     run("git", "stash", "-q", cwd=repo)  # back to the committed default, outputs from the cache
     run("dvc", "checkout", "--force", cwd=repo)
-    run("dvc", "exp", "run", "--queue", "-S", "lora.r=2,16", "-S", "train.epochs=2", cwd=repo)
+    short = ["-S", "train.max_steps=30", "-S", "eval.max_examples=32"]
+    run("dvc", "exp", "run", "--queue", "-S", "lora.r=2,16", *short, cwd=repo)
     subprocess.run(
         ["dvc", "queue", "start", "-j", "2"],
         cwd=repo,

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import commit_all, run, set_params
+from tuneledger.layout import manifest_path_for
 from tuneledger.package import manifest as manifest_format
 
 NAME = "lora-adapter"
@@ -167,7 +168,7 @@ def small_package(tmp_path):
     package.mkdir()
     (package / "adapter_config.json").write_text('{"r": 8}\n')
     (package / "metadata.json").write_text('{"schema_version": 1}\n')
-    manifest_file = manifest_format.manifest_path_for(package)
+    manifest_file = manifest_path_for(package)
     manifest_file.write_text(manifest_format.build(package).to_json())
     return package
 

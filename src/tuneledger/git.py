@@ -7,9 +7,10 @@ import subprocess
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.layout import MANIFEST_FILE, RESULTS_DIR
 
 # Files a pipeline run rewrites by itself; they do not make the *code* dirty.
-PIPELINE_OUTPUTS = ("dvc.lock", "models/export.manifest.json", "results")
+PIPELINE_OUTPUTS = ("dvc.lock", MANIFEST_FILE.as_posix(), RESULTS_DIR.as_posix())
 
 
 def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str, str] | None = None) -> str:

@@ -7,9 +7,18 @@ PREPARED_DIR = Path("data/prepared")
 CHECKPOINTS_DIR = Path("models/checkpoints")
 ADAPTER_DIR = Path("models/adapter")
 EXPORT_DIR = Path("models/export")
-MANIFEST_FILE = Path("models/export.manifest.json")
-TRAIN_RESULTS = Path("results/train")
-EVAL_RESULTS = Path("results/evaluate")
+RESULTS_DIR = Path("results")
+TRAIN_RESULTS = RESULTS_DIR / "train"
+EVAL_RESULTS = RESULTS_DIR / "evaluate"
+
+
+def manifest_path_for(package: Path) -> Path:
+    """`models/export` → `models/export.manifest.json`: the manifest sits beside its package."""
+    package = Path(package)
+    return package.with_name(package.name + ".manifest.json")
+
+
+MANIFEST_FILE = manifest_path_for(EXPORT_DIR)
 
 
 def base_path_for(package: Path) -> Path:

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneledger.layout import manifest_path_for
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package import weights
-from tuneledger.package.manifest import manifest_path_for
 from tuneledger.package.manifest import read as read_manifest
 
 # The files a comparison needs; large merged weights are never downloaded for a diff.

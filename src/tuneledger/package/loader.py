@@ -14,7 +14,7 @@ from pathlib import Path
 from tuneledger import modeling
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR, base_path_for
+from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.files import ADAPTER_WEIGHTS
@@ -106,7 +106,7 @@ def load(
     from tuneledger.progress import say
 
     package = Path(path)
-    manifest_file = Path(manifest) if manifest else manifest_format.manifest_path_for(package)
+    manifest_file = Path(manifest) if manifest else manifest_path_for(package)
     warning = committed_manifest_warning(manifest_file)
     if warning:
         say(escape(warning))

@@ -23,12 +23,6 @@ DESCRIPTIVE_FILES = frozenset({"README.md", "metadata.json", "signature.json", "
 UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "feedforward_modules")
 
 
-def manifest_path_for(package: Path) -> Path:
-    """`models/export` → `models/export.manifest.json`: the manifest sits beside its package."""
-    package = Path(package)
-    return package.with_name(package.name + ".manifest.json")
-
-
 @dataclass
 class Manifest:
     content_id: str

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import CHUNK, sha256_files
+from tuneledger.layout import manifest_path_for
 from tuneledger.package import manifest as manifest_format
 
 
@@ -93,7 +94,7 @@ def verify(package: Path, manifest_file: Path | None = None) -> manifest_format.
     package = Path(package)
     if not package.is_dir():
         raise TuneLedgerError(f"{package}: no such package directory; run `dvc repro` or `tuneledger fetch`")
-    manifest = manifest_format.read(manifest_file or manifest_format.manifest_path_for(package))
+    manifest = manifest_format.read(manifest_file or manifest_path_for(package))
     problems = find_problems(package, manifest)
     if problems:
         raise VerificationFailed(problems)
@@ -164,7 +165,7 @@ def verified_copy(
     package = Path(package)
     if not package.is_dir():
         raise TuneLedgerError(f"{package}: no such package directory; run `dvc repro` or `tuneledger fetch`")
-    manifest = manifest_format.read(manifest_file or manifest_format.manifest_path_for(package))
+    manifest = manifest_format.read(manifest_file or manifest_path_for(package))
     manifest_format.package_files(package)  # symlinks and pickles are refused by name, as by `verify`
     with private_directory("tuneledger-load-") as holder:
         copy = holder / package.name

@@ -18,9 +18,9 @@ from typing import Any
 
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import EXPORT_DIR
+from tuneledger.layout import EXPORT_DIR, MANIFEST_FILE, manifest_path_for
 from tuneledger.package import comparison, weights
-from tuneledger.package.manifest import Manifest, manifest_path_for
+from tuneledger.package.manifest import Manifest
 from tuneledger.package.verify import verify
 from tuneledger.params import load_params
 from tuneledger.registry import artifacts, remote, tags
@@ -114,8 +114,7 @@ def _package_at(ref: str) -> Iterator[tuple[Path, Path | None]]:
         package = tmp / EXPORT_DIR.name
         names = list(comparison.DESCRIBING_FILES)
         remote.download(commit, EXPORT_DIR.as_posix(), package, names, doing=f"diff {ref}")
-        manifest_file = manifest_path_for(EXPORT_DIR)
-        text = git_show(commit, manifest_file.as_posix())
+        text = git_show(commit, MANIFEST_FILE.as_posix())
         manifest = manifest_path_for(package) if text is not None else None
         if manifest is not None:
             manifest.write_text(text, encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.package.manifest import manifest_path_for
+from tuneledger.layout import manifest_path_for
 
 DEFAULT_NAME = "lora-adapter"
 
@@ -23,9 +23,9 @@ class Artifact:
         return manifest_path_for(self.path)
 
 
-def declared(root: Path = Path(".")) -> dict[str, Artifact]:
+def declared() -> dict[str, Artifact]:
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+        spec = yaml.safe_load(Path("dvc.yaml").read_text()) or {}
     except FileNotFoundError:
         raise TuneLedgerError("dvc.yaml not found; run tuneledger from the repository root") from None
     return {
@@ -33,8 +33,8 @@ def declared(root: Path = Path(".")) -> dict[str, Artifact]:
     }
 
 
-def resolve(name: str, root: Path = Path(".")) -> Artifact:
-    known = declared(root)
+def resolve(name: str) -> Artifact:
+    known = declared()
     if name not in known:
         names = ", ".join(known) or "none"
         raise TuneLedgerError(

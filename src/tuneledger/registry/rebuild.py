@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tuneledger import git
 from tuneledger.errors import TuneLedgerError
+from tuneledger.layout import manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.registry.versions import Resolved, download_verified, scratch_dir
 
@@ -50,7 +51,7 @@ def rebuild_in_worktree(resolved: Resolved) -> Reproduction:
         }
         _run(["dvc", "repro"], worktree, env)
         package = worktree / resolved.path
-        rebuilt = manifest_format.read(manifest_format.manifest_path_for(package))
+        rebuilt = manifest_format.read(manifest_path_for(package))
         differing = _differing(resolved, package, rebuilt)
     finally:
         git.run_git("worktree", "remove", "--force", str(worktree), check=False)

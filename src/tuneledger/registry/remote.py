@@ -76,21 +76,19 @@ def _remote_failed(repo, doing: str, reason: str, missing: str = "", or_else: st
     )
 
 
-def open_repo(root: str = "."):
+def open_repo():
     from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     try:
-        return Repo(root)
+        return Repo(".")
     except NotDvcRepoError:
-        raise TuneLedgerError(
-            f"{root}: not a DVC repository; run tuneledger from the repository root"
-        ) from None
+        raise TuneLedgerError("not a DVC repository here; run tuneledger from the repository root") from None
 
 
-def missing_on_remote(commit: str, targets: list[str], root: str = ".") -> list[str]:
+def missing_on_remote(commit: str, targets: list[str]) -> list[str]:
     """Outputs of `targets` at `commit` that the default remote does not hold."""
-    with open_repo(root) as repo, remote_errors(repo, "checking the remote"):
+    with open_repo() as repo, remote_errors(repo, "checking the remote"):
         with repo.switch(commit):  # that commit's outputs only, not the workspace's
             used = repo.index.used_objs(targets, force=True, push=True)
         missing: list[str] = []
@@ -102,22 +100,20 @@ def missing_on_remote(commit: str, targets: list[str], root: str = ".") -> list[
         return missing
 
 
-def push(targets: list[str] | None = None, root: str = ".") -> int:
-    with open_repo(root) as repo, remote_errors(repo, "dvc push"):
+def push(targets: list[str] | None = None) -> int:
+    with open_repo() as repo, remote_errors(repo, "dvc push"):
         return repo.push(targets=targets)
 
 
-def download(
-    rev: str, path: str, dest: Path, names: list[str] | None = None, *, doing: str, root: str = "."
-) -> None:
+def download(rev: str, path: str, dest: Path, names: list[str] | None = None, *, doing: str) -> None:
     """Copy the files under `path` at commit `rev` (or just `names`, relative to it) into `dest`,
     from DVC's local cache or else the remote. Failures are one line that starts with `doing`."""
     from dvc.api import DVCFileSystem
     from dvc_data.index import DataIndexDirError
 
     prefix = path.rstrip("/") + "/"
-    with open_repo(root) as repo, remote_errors(repo, doing):
-        fs = DVCFileSystem(root, rev=rev)
+    with open_repo() as repo, remote_errors(repo, doing):
+        fs = DVCFileSystem(".", rev=rev)
         try:
             if names is None:
                 names = [f.removeprefix("/").removeprefix(prefix) for f in fs.find(path)]

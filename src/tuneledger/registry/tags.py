@@ -44,19 +44,18 @@ _TAG_NUMBER = re.compile(r"#(\d+)$")
 _FORMAT = "%1f".join(f"%({f})" for f in _FIELDS) + "%1e"
 
 
-def check_stage(stage: str, repo: str | Path = ".") -> None:
+def check_stage(stage: str) -> None:
     """Refuse a stage that gto would refuse: one `.gto` does not declare (gto reads it; with no
     stages declared, any valid name is a stage). Stages added to `.gto` are accepted at once."""
     from gto.config import read_registry_config
     from gto.exceptions import UnknownStage, ValidationError, WrongConfig
 
-    path = Path(repo) / GTO_CONFIG
     try:
-        config = read_registry_config(str(path))
+        config = read_registry_config(str(GTO_CONFIG))
     except WrongConfig as exc:
         cause = " ".join(line.strip() for line in str(exc.__cause__ or exc).strip().splitlines()[:3])
         raise TuneLedgerError(
-            f"{path}: not a valid gto config ({cause}); fix it, e.g. `stages: [dev, prod]`"
+            f"{GTO_CONFIG}: not a valid gto config ({cause}); fix it, e.g. `stages: [dev, prod]`"
         ) from None
     try:
         config.assert_stage(stage)
@@ -110,9 +109,9 @@ def parse_info(message: str | None) -> dict[str, Any]:
     return {}
 
 
-def _tag_records(repo: str | Path) -> list[list[str]]:
+def _tag_records() -> list[list[str]]:
     """Name, target commit, time, tagger and message of every annotated tag, in one git call."""
-    out = run_git("for-each-ref", f"--format={_FORMAT}", "refs/tags", cwd=repo, check=False)
+    out = run_git("for-each-ref", f"--format={_FORMAT}", "refs/tags", check=False)
     records = [r.lstrip("\n").split("\x1f") for r in out.split("\x1e")]
     return [r for r in records if len(r) == len(_FIELDS) and r[1]]  # lightweight tags: not gto's
 
@@ -138,34 +137,34 @@ def _event(match: re.Match, record: list[str], versions_by_commit: dict[str, str
     )
 
 
-def events(name: str, repo: str | Path = ".") -> list[Event]:
+def events(name: str) -> list[Event]:
     """Every registry event of an artifact, oldest first (ties broken by the tag's number)."""
     grammar = _grammar(name)
-    matched = [(m, r) for r in _tag_records(repo) if (m := grammar.match(r[0]))]
+    matched = [(m, r) for r in _tag_records() if (m := grammar.match(r[0]))]
     # A stage tag names a commit; the version is the one registered on that commit, as in gto.
     versions_by_commit = {r[1]: m["version"] for m, r in matched if m["version"] and not m["vcancel"]}
     found = [_event(m, r, versions_by_commit) for m, r in matched]
     return sorted(found, key=lambda e: e.order)
 
 
-def registered_versions(name: str, repo: str = ".") -> dict[str, Event]:
-    return {e.version: e for e in events(name, repo) if e.kind == "registration"}
+def registered_versions(name: str) -> dict[str, Event]:
+    return {e.version: e for e in events(name) if e.kind == "registration"}
 
 
-def stage_assignments(name: str, stage: str, repo: str = ".") -> list[Event]:
-    return [e for e in events(name, repo) if e.kind == "assignment" and e.stage == stage]
+def stage_assignments(name: str, stage: str) -> list[Event]:
+    return [e for e in events(name) if e.kind == "assignment" and e.stage == stage]
 
 
-def stage_holder(name: str, stage: str, repo: str = ".") -> str | None:
+def stage_holder(name: str, stage: str) -> str | None:
     """The version the newest tag of `stage` points at: what `dvc artifacts get --stage` fetches."""
-    assigned = stage_assignments(name, stage, repo)
+    assigned = stage_assignments(name, stage)
     return assigned[-1].version if assigned else None
 
 
-def holders_stack(name: str, stage: str, repo: str = ".") -> list[str]:
+def holders_stack(name: str, stage: str) -> list[str]:
     """Versions that held `stage`, oldest first, with rolled-back holders popped (undo semantics)."""
     stack: list[str] = []
-    for event in stage_assignments(name, stage, repo):
+    for event in stage_assignments(name, stage):
         if event.info.get("action") == "rollback" and event.version in stack:
             while stack and stack[-1] != event.version:
                 stack.pop()
@@ -189,10 +188,10 @@ def _tag_time(known: list[Event]) -> dict[str, str]:
     return {"GIT_COMMITTER_DATE": f"@{max(newest + 1, int(time.time()))}"}
 
 
-def _next_counter(name: str, repo: str | Path) -> int:
+def _next_counter(name: str) -> int:
     """gto's `#N`: one more than the highest counter on any tag of the artifact."""
     grammar = _grammar(name)
-    counters = [int(m["counter"]) for r in _tag_records(repo) if (m := grammar.match(r[0])) and m["counter"]]
+    counters = [int(m["counter"]) for r in _tag_records() if (m := grammar.match(r[0])) and m["counter"]]
     return max(counters, default=0) + 1
 
 
@@ -210,11 +209,9 @@ def _bumped(versions: list[str], bump: str) -> str:
     return f"v{major}.{minor}.{patch + 1}"
 
 
-def register(
-    name: str, commit: str, version: str | None, bump: str, message: str, repo: str | Path = "."
-) -> str:
+def register(name: str, commit: str, version: str | None, bump: str, message: str) -> str:
     """Tag `commit` as `version` (or the next one by `bump`); refuse what gto would refuse."""
-    known = events(name, repo)
+    known = events(name)
     registered = {e.version: e.commit for e in known if e.kind == "registration"}
     if version is not None and not re.fullmatch(_SEMVER, version):
         raise TuneLedgerError(f"register {name}: {version!r} is not a version like v1.2.3")
@@ -227,17 +224,17 @@ def register(
         )
     version = version or _bumped(list(registered), bump)
     tag = f"{name.replace(':', '=')}@{version}"
-    run_git("tag", "-a", tag, "-m", message, commit, cwd=repo, env=_tag_time(known))
+    run_git("tag", "-a", tag, "-m", message, commit, env=_tag_time(known))
     return version
 
 
-def assign(name: str, version: str, stage: str, message: str, repo: str | Path = ".") -> str:
+def assign(name: str, version: str, stage: str, message: str) -> str:
     """Point `stage` at `version` with a new tag; return the tag name (`stage` is checked by the
     caller: `check_stage`)."""
-    known = events(name, repo)
+    known = events(name)
     commits = {e.version: e.commit for e in known if e.kind == "registration"}
     if version not in commits:
         raise TuneLedgerError(f"assign {name} {version} → {stage}: version {version} is not registered")
-    tag = f"{name.replace(':', '=')}#{stage}#{_next_counter(name, repo)}"
-    run_git("tag", "-a", tag, "-m", message, commits[version], cwd=repo, env=_tag_time(known))
+    tag = f"{name.replace(':', '=')}#{stage}#{_next_counter(name)}"
+    run_git("tag", "-a", tag, "-m", message, commits[version], env=_tag_time(known))
     return tag

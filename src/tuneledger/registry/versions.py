@@ -14,7 +14,7 @@ import yaml
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR, base_path_for
+from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.verify import VerificationFailed, find_problems
@@ -63,7 +63,7 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
             f"{name} {version}: commit {commit[:12]} declares no artifact {name!r} in dvc.yaml"
         )
     path = declared["path"]
-    manifest_file = str(manifest_format.manifest_path_for(Path(path)))
+    manifest_file = str(manifest_path_for(Path(path)))
     text = git_show(commit, manifest_file)
     if text is None:
         raise TuneLedgerError(
@@ -74,35 +74,33 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
     )
 
 
-def download(resolved: Resolved, dest: Path, names: list[str] | None = None, root: str = ".") -> None:
+def download(resolved: Resolved, dest: Path, names: list[str] | None = None) -> None:
     """Copy the package's files (or some of them) at its commit into `dest`, via DVC's cache or remote."""
     doing = f"downloading {resolved.name} {resolved.version}"
-    remote.download(resolved.commit, resolved.path, dest, names, doing=doing, root=root)
+    remote.download(resolved.commit, resolved.path, dest, names, doing=doing)
 
 
-def download_verified(resolved: Resolved, dest: Path, names: list[str], root: str = ".") -> Path:
+def download_verified(resolved: Resolved, dest: Path, names: list[str]) -> Path:
     """Some files of a version, each checked against the committed manifest."""
-    download(resolved, dest, names, root)
+    download(resolved, dest, names)
     problems = find_problems(dest, resolved.manifest, label=f"{resolved.name}@{resolved.version}", only=names)
     if problems:
         raise VerificationFailed(problems)
     return dest
 
 
-def _fetch_base(resolved: Resolved, package: Path, dest: Path, root: str) -> None:
+def _fetch_base(resolved: Resolved, package: Path, dest: Path) -> None:
     """The base model snapshot of that commit, checked against the digest in the verified metadata."""
     expected = metadata_format.read(package / "metadata.json")["base_model"]
     doing = f"downloading the base model of {resolved.version}"
-    remote.download(resolved.commit, BASE_DIR.as_posix(), dest, doing=doing, root=root)
+    remote.download(resolved.commit, BASE_DIR.as_posix(), dest, doing=doing)
     digest, files = tree_digest(dest)
     if digest != expected["sha256"]:
         wrong = sorted(n for n in {*files, *expected["files"]} if files.get(n) != expected["files"].get(n))
         raise TuneLedgerError(f"base model of {resolved.version}: sha256 mismatch in {', '.join(wrong)}")
 
 
-def publish_verified(
-    resolved: Resolved, out: Path, with_base: bool = False, force: bool = False, root: str = "."
-) -> Path:
+def publish_verified(resolved: Resolved, out: Path, with_base: bool = False, force: bool = False) -> Path:
     """Download, verify, then publish into `out` (with `<out>.manifest.json` beside it).
 
     All or nothing: on any failure, or a kill at any point, the next fetch into `out` finds the
@@ -110,18 +108,18 @@ def publish_verified(
     is empty or a previous fetch, or with `force`: never a directory of the user's.
     """
     out = Path(out)
-    manifest_out = manifest_format.manifest_path_for(out)
+    manifest_out = manifest_path_for(out)
     base = base_path_for(out) if with_base else None
     with Publication(*[out, manifest_out, *([base] if base else [])]) as outputs:
         if not force:
             refuse_foreign(out, base)
         staged = outputs.staged_dir(out)
-        download(resolved, staged, root=root)
+        download(resolved, staged)
         problems = find_problems(staged, resolved.manifest, label=str(out))
         if problems:
             raise VerificationFailed(problems)
         if base:
-            _fetch_base(resolved, staged, outputs.staged_dir(base), root)
+            _fetch_base(resolved, staged, outputs.staged_dir(base))
         outputs.staged_file(manifest_out).write_text(resolved.manifest_text, encoding="utf-8")
     return out
 
@@ -137,7 +135,7 @@ def _is_empty_dir(path: Path) -> bool:
 def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
     """The manifest of an earlier fetch into `out`: beside it, and listing exactly its files."""
     try:
-        previous = manifest_format.read(manifest_format.manifest_path_for(out))
+        previous = manifest_format.read(manifest_path_for(out))
     except (TuneLedgerError, OSError, UnicodeDecodeError):
         return None
     if out.is_dir() and not out.is_symlink() and _files_under(out) == set(previous.files):
@@ -161,7 +159,7 @@ def refuse_foreign(out: Path, base: Path | None) -> None:
     ours = _previous_fetch(out) is not None
     if os.path.lexists(out) and not _is_empty_dir(out) and not ours:
         raise TuneLedgerError(
-            f"{out}: exists and is not a previous fetch (no {manifest_format.manifest_path_for(out).name} "
+            f"{out}: exists and is not a previous fetch (no {manifest_path_for(out).name} "
             f"beside it listing exactly its files); nothing was changed — {fix}"
         )
     foreign_base = base and os.path.lexists(base) and not _is_empty_dir(base)

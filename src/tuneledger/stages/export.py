@@ -97,7 +97,8 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         staged / ADAPTER_WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""}
     )
 
-    env = environment.describe()
+    training = json.loads((TRAIN_RESULTS / "summary.json").read_text())
+    env = training.pop("environment")  # described by `train`, where the weights were computed
     record = metadata.build(
         content_id=content_id,
         git={"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "dirty_paths": dirty},
@@ -106,7 +107,7 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         data=_data_record(),
         base_model=_base_record(),
         adapter=describe_adapter(staged),
-        training=json.loads((TRAIN_RESULTS / "summary.json").read_text()),
+        training=training,
         metrics=json.loads((EVAL_RESULTS / "metrics.json").read_text()),
         environment=env,
     )

@@ -17,6 +17,7 @@ from tuneledger import chat, checkpoints, data, modeling
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
+from tuneledger.package import environment
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES, GENERATION_CONFIG
 from tuneledger.params import Params
 from tuneledger.progress import say
@@ -79,6 +80,7 @@ def run(params: Params) -> dict:
         "sharding": sharding(),
         "resumed_from": str(resume) if resume else None,
         "config_id": config,
+        "environment": environment.describe(),  # the training process's: its GPUs, torch, kernels
     }
     adapter = outputs.staged_dir(ADAPTER_DIR) if primary else staged_path(ADAPTER_DIR)
     trainer.save_model(str(adapter))  # every rank: under FSDP the full adapter is gathered from the shards
