@@ -100,6 +100,19 @@ BENCH_FIGURES = {
         "portable / native kernels (CPU pre-training)"
     ),
     r"`make bench` \(about ([\d.]+) minutes\)": bench_minutes,
+    r"plain script doing the same training, ([\d.]+) s more": lambda: bench_number(
+        "difference (median of per-round differences)"
+    ),
+    r"imports what it uses again: ([\d.]+), [\d.]+, [\d.]+ and [\d.]+ s": lambda: bench_number("`prepare`"),
+    r"imports what it uses again: [\d.]+, ([\d.]+), [\d.]+ and [\d.]+ s": lambda: bench_number("`train`"),
+    r"imports what it uses again: [\d.]+, [\d.]+, ([\d.]+) and [\d.]+ s": lambda: bench_number("`evaluate`"),
+    r"imports what it uses again: [\d.]+, [\d.]+, [\d.]+ and ([\d.]+) s": lambda: bench_number("`export`"),
+    r"`show` takes ([\d.]+) s, `history`": lambda: bench_number("1000 versions, 2000 stage tags: `show`"),
+    r"`history` ([\d.]+) s and `rollback`": lambda: bench_number("1000 versions, 2000 stage tags: `history`"),
+    r"and `rollback` ([\d.]+) s where `gto show`": lambda: bench_number(
+        "1000 versions, 2000 stage tags: `rollback`"
+    ),
+    r"where `gto show` takes ([\d.]+) s": lambda: bench_number("1000 versions, 2000 stage tags: `gto show`"),
 }
 
 
