@@ -13,7 +13,6 @@ the real paths (no symlink indirection), hence this small journal rather than a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -186,9 +185,11 @@ def _dvc_cache():
 
 
 def _link_cached(root: Path, cache) -> None:
+    from dvc_data.hashfile.hash import file_md5
+
     files = [root] if root.is_file() else [f for f in root.rglob("*") if f.is_file() and not f.is_symlink()]
     for path in files:
-        cached = Path(cache.oid_to_path(_md5(path)))  # DVC names a file object by the MD5 of its bytes
+        cached = Path(cache.oid_to_path(file_md5(str(path), name=cache.hash_name)))  # DVC's own hash
         if not cached.is_file() or cached.stat().st_size != path.stat().st_size:
             continue
         link = path.with_name(f".{path.name}.tuneledger-link")
@@ -197,8 +198,3 @@ def _link_cached(root: Path, cache) -> None:
         except OSError:  # another filesystem, or no hard links there: keep the copy
             continue
         os.replace(link, path)
-
-
-def _md5(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
