@@ -64,7 +64,7 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
     """nf4 through bitsandbytes on CPU, all linear layers, gradient checkpointing; merged in float32."""
     from safetensors import safe_open
 
-    repo = copy_repo(smollm2_run, tmp_path / "repo")
+    repo = copy_repo(smollm2_run, tmp_path / "repo", share_cached=True)
     set_params(
         repo,
         **{"model.quantization": "nf4", "lora.target_modules": "all-linear", "export.merge": True},
@@ -96,7 +96,7 @@ def test_registered_and_served_to_the_openai_client(smollm2_run, s3, tmp_path):
     package gives locally, whole and streamed, ending at <|im_end|>."""
     from openai import OpenAI
 
-    repo = copy_repo(smollm2_run, tmp_path / "repo")
+    repo = copy_repo(smollm2_run, tmp_path / "repo", share_cached=True)
     use_remote(repo, s3, "smollm2")
     commit_all(repo, "SmolLM2 tuned on chats")
     run("tuneledger", "register", "--push", cwd=repo)
