@@ -282,3 +282,20 @@ def test_merged_export_matches_the_adapter(trained_repo, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, reference(ids).logits, atol=1e-4)
     assert os.path.getsize("models/export/merged/model.safetensors") > 1_000_000
+
+
+def test_rewriting_metadata_keeps_tensors_numpy_cannot_hold(tmp_path):
+    """bfloat16 (a GPU run's adapter) goes through safetensors' torch API; float32 through numpy's."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tuneledger.package.safetensors_io import rewrite_metadata
+
+    tensors = {"bf16": torch.randn(3, 4).to(torch.bfloat16), "f32": torch.randn(2)}
+    for name, tensor in tensors.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file({"w": tensor}, str(path), metadata={"format": "pt"})
+        rewrite_metadata(path, {"tuneledger.content_id": "abc"})
+        with safe_open(str(path), framework="pt") as handle:
+            assert handle.metadata() == {"format": "pt", "tuneledger.content_id": "abc"}
+        assert torch.equal(load_file(str(path))["w"], tensor)

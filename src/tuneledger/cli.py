@@ -129,7 +129,9 @@ def main() -> None:
 NameOption = Annotated[str, typer.Option("--name", help="Artifact declared in dvc.yaml `artifacts:`.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # A table of thousands of rows is unreadable and takes rich seconds to lay out; --json has every row.
-LimitOption = Annotated[int, typer.Option("--limit", help="Rows in the table (0: all); --json has all.")]
+LimitOption = Annotated[
+    int, typer.Option("--limit", min=0, help="Rows in the table (0: all); --json has all.")
+]
 TABLE_ROWS = 50
 
 

@@ -188,11 +188,9 @@ def _tag_time(known: list[Event]) -> dict[str, str]:
     return {"GIT_COMMITTER_DATE": f"@{max(newest + 1, int(time.time()))}"}
 
 
-def _next_counter(name: str) -> int:
+def _next_counter(known: list[Event]) -> int:
     """gto's `#N`: one more than the highest counter on any tag of the artifact."""
-    grammar = _grammar(name)
-    counters = [int(m["counter"]) for r in _tag_records() if (m := grammar.match(r[0])) and m["counter"]]
-    return max(counters, default=0) + 1
+    return max((e.order[1] for e in known), default=0) + 1
 
 
 def _bumped(versions: list[str], bump: str) -> str:
@@ -235,6 +233,6 @@ def assign(name: str, version: str, stage: str, message: str) -> str:
     commits = {e.version: e.commit for e in known if e.kind == "registration"}
     if version not in commits:
         raise TuneLedgerError(f"assign {name} {version} → {stage}: version {version} is not registered")
-    tag = f"{name.replace(':', '=')}#{stage}#{_next_counter(name)}"
+    tag = f"{name.replace(':', '=')}#{stage}#{_next_counter(known)}"
     run_git("tag", "-a", tag, "-m", message, commits[version], env=_tag_time(known))
     return tag
