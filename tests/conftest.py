@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from real_model import TEST_ONLY, smollm2_dir
+from tuneledger.serve.log import DEFAULT_DB
 
 PROJECT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -183,7 +184,7 @@ def serving(repo: Path, *args: str, api_key: str | None = None, timeout: float =
 
     port = free_port()
     env = {**os.environ, **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}
-    command = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / "serve.sqlite"), *args]
+    command = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / DEFAULT_DB), *args]
     proc = subprocess.Popen(
         command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )

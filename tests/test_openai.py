@@ -17,6 +17,7 @@ import pytest
 
 from conftest import commit_all, copy_repo, run, serving, use_remote
 from tuneledger.package import signature
+from tuneledger.serve.log import DEFAULT_DB
 
 KEY = "chat-key-0123456789"
 QUESTION = [{"role": "user", "content": "reverse: red cat sun"}]
@@ -34,7 +35,7 @@ def chat_served(chat_run, s3, tmp_path_factory):
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
     with serving(repo, "--shadow", "prod", api_key=KEY) as url:
         version = httpx.get(f"{url}/version", headers={"Authorization": f"Bearer {KEY}"}).json()
-        yield {"repo": repo, "url": url, "db": repo / "serve.sqlite", "content_id": version["content_id"]}
+        yield {"repo": repo, "url": url, "db": repo / DEFAULT_DB, "content_id": version["content_id"]}
 
 
 @pytest.fixture

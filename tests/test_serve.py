@@ -18,6 +18,7 @@ import pytest
 from conftest import commit_all, copy_repo, run, set_params
 from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.s3local import free_port
+from tuneledger.serve.log import DEFAULT_DB
 
 PROMPT = {"prompt": "reverse: red cat sun =>"}
 EXPLODING_PROMPT = "reverse: boom boom boom =>"  # the model raises on it (TUNELEDGER_FAULT)
@@ -40,7 +41,7 @@ def served(registry, tmp_path_factory):
     """prod v1.0.0 served, with staging v1.1.0 as its shadow."""
     repo = copy_repo(registry[0], tmp_path_factory.mktemp("serve") / "repo")
     run("tuneledger", "promote", "v1.1.0", "--stage", "staging", cwd=repo)
-    port, db = free_port(), repo / "serve.sqlite"
+    port, db = free_port(), repo / DEFAULT_DB  # git ignores it
     proc = subprocess.Popen(
         [
             "tuneledger",

@@ -24,6 +24,7 @@ import pytest
 from conftest import copy_repo, run
 from tuneledger.s3local import free_port
 from tuneledger.serve.config import ServeConfig
+from tuneledger.serve.log import DEFAULT_DB
 
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -43,7 +44,7 @@ def hardened(registry, tmp_path_factory):
     """prod v1.0.0 behind a key, with small limits, and staging v1.1.0 as a shadow with a 2-slot queue."""
     repo = copy_repo(registry[0], tmp_path_factory.mktemp("hardened") / "repo")
     run("tuneledger", "promote", "v1.1.0", "--stage", "staging", cwd=repo)
-    port, db = free_port(), repo / "serve.sqlite"
+    port, db = free_port(), repo / DEFAULT_DB  # git ignores it
     stderr = (repo / "server.err").open("w")
     proc = subprocess.Popen(
         [
