@@ -177,3 +177,10 @@ def test_a_row_that_can_never_be_written_is_counted_and_does_not_block_the_rest(
         assert "no_such_column" in writer.health()["last_error"]
     finally:
         writer.close()
+
+
+def test_the_default_request_log_stays_out_of_git(project_copy):
+    """The log (and SQLite's -wal/-shm beside it) lives in the work tree by default; `register`
+    refuses uncommitted changes, so git must never see it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        run("git", "check-ignore", "--quiet", f"{log.DEFAULT_DB}{suffix}", cwd=project_copy)
