@@ -83,12 +83,12 @@ def copy_repo(src: Path, dest: Path, share_cached: bool = False) -> Path:
 
     def link_or_copy(source: str, target: str) -> None:
         info = os.stat(source)
-        if share_cached and info.st_nlink > 1 and not info.st_mode & 0o222:
+        if info.st_nlink > 1 and not info.st_mode & 0o222:
             os.link(source, target)
         else:
             shutil.copy2(source, target)
 
-    shutil.copytree(src, dest, symlinks=True, copy_function=link_or_copy)
+    shutil.copytree(src, dest, symlinks=True, copy_function=link_or_copy if share_cached else shutil.copy2)
     return dest
 
 
