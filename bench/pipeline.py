@@ -60,5 +60,7 @@ def run(ctx: dict, rounds: int = 3) -> dict:
         "notes": "Most of the difference is start-up: each DVC stage is its own Python process and imports "
         "what it uses again, where the plain script imports everything once (see the stage start-up "
         "section). The rest is DVC's CLI and bookkeeping (about 0.8 s per stage run) and the epoch "
-        "checkpoints that make a killed run resumable, which the plain script does not write.",
+        "checkpoints that make a killed run resumable, which the plain script does not write. Each stage "
+        "collects its own garbage and then freezes the rest before it exits, so the interpreter's "
+        "shutdown does not walk every object torch and transformers created (0.4–0.5 s per stage).",
     }

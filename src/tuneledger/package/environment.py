@@ -16,9 +16,10 @@ def installed_packages() -> dict[str, str]:
     """Every installed distribution → its exact version (this package itself excluded)."""
     found = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        metadata = dist.metadata  # parses METADATA on each access, as `dist.version` would again
+        name = metadata["Name"]
         if name and name.lower() != "tuneledger":
-            found[name] = dist.version
+            found[name] = metadata["Version"]
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 

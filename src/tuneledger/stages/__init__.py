@@ -6,6 +6,7 @@ out of a run that does not quantize before peft is first imported."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -27,5 +28,15 @@ def stage_entry(run: Callable[[Params], Any]) -> Callable[[], None]:
         params = load_params()  # refuse bad params before any output is touched
         skip_bitsandbytes_unless(params.model.quantization)  # stage modules import peft lazily, after this
         run(params)
+        _leave_shutdown_little_to_collect()
 
     return main
+
+
+def _leave_shutdown_little_to_collect() -> None:
+    """DVC starts the next stage only when this process has exited, and the interpreter's shutdown
+    garbage-collects every object that importing torch and transformers created: 0.5–0.8 s per stage
+    process (measured), against 0.15 s for the steps below. Collect the run's own garbage now, so its
+    finalizers run as at any exit, then move the survivors out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
