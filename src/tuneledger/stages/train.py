@@ -34,9 +34,6 @@ if TYPE_CHECKING:  # for annotations: the functions below import these libraries
 
 def run(params: Params) -> dict:
     """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
     primary = is_main_process()
     config = config_id(params)
     resume = _resumable_checkpoint(config, primary)
@@ -44,25 +41,17 @@ def run(params: Params) -> dict:
     if world_size() == 1:
         modeling.pin_cpu_threads(params.train.cpu_threads)
 
-    tokenizer = modeling.load_tokenizer(BASE_DIR)
-    model = adapted_model(params)
     train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
-    masked_by_template = assistant_masks(params, tokenizer, train_rows)
+    trainer = build_trainer(params, train_rows, val_rows)
+    # Staging starts only once the model has loaded: a bad base or target fails before it.
     outputs = (
         StageOutputs(ADAPTER_DIR, TRAIN_RESULTS, written_in_place=(CHECKPOINTS_DIR,)).begin()
         if primary
         else None
     )
     live = _live(outputs) if outputs else None
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(params, assistant_only_loss=masked_by_template),
-        train_dataset=training_dataset(params, tokenizer, train_rows),
-        eval_dataset=training_dataset(params, tokenizer, val_rows),
-        processing_class=tokenizer,
-        callbacks=_callbacks(config, live),
-    )
-    trainer.remove_callback(PrinterCallback)
+    for callback in _callbacks(config, live):  # after the defaults, as the constructor would place them
+        trainer.add_callback(callback)
     if primary:
         say(
             f"training LoRA r={params.lora.r} on {len(train_rows)} rows, world size {trainer.args.world_size}"
@@ -85,11 +74,11 @@ def run(params: Params) -> dict:
     adapter = outputs.staged_dir(ADAPTER_DIR) if primary else staged_path(ADAPTER_DIR)
     trainer.save_model(str(adapter))  # every rank: under FSDP the full adapter is gathered from the shards
     if primary:
-        _publish(adapter, tokenizer, live, summary, outputs)
+        _publish(adapter, trainer.processing_class, live, summary, outputs)
     return summary
 
 
-def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict], callbacks=()) -> SFTTrainer:
+def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict]) -> SFTTrainer:
     """trl's trainer over the base with a fresh adapter, the prepared rows and the run's chat template."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
@@ -101,7 +90,6 @@ def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict], 
         train_dataset=training_dataset(params, tokenizer, train_rows),
         eval_dataset=training_dataset(params, tokenizer, val_rows),
         processing_class=tokenizer,
-        callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
