@@ -50,6 +50,11 @@ def sh(*cmd: str, cwd=None, env=None) -> str:
     return done.stdout
 
 
+def commit(repo, message: str) -> None:
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=repo)
+
+
 HERE_BENCH = Path(__file__).resolve().parent
 PROJECT = HERE_BENCH.parent
 

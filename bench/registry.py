@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from common import dir_bytes, interleaved, ratio, set_param, sh, summary
+from common import commit, dir_bytes, interleaved, ratio, set_param, sh, summary
 
 from tuneledger.s3local import LocalS3, configure_remote
 
@@ -16,11 +16,6 @@ NAME = "lora-adapter"
 def _bucket_bytes(s3: LocalS3) -> int:
     pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=s3.bucket)
     return sum(obj["Size"] for page in pages for obj in page.get("Contents", []))
-
-
-def commit(repo, message: str) -> None:
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=repo)
 
 
 def _setup(ctx: dict) -> dict:

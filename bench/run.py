@@ -50,7 +50,15 @@ def machine() -> str:
 
 
 # Sections that measure on a completed default run (the `pipeline` section leaves one in ctx).
-ON_DEFAULT_RUN = {"stage_startup", "noop", "experiments", "registry", "serving_limits", "shadow"}
+ON_DEFAULT_RUN = {
+    "stage_startup",
+    "noop",
+    "experiments",
+    "registry",
+    "registry_scale",
+    "serving_limits",
+    "shadow",
+}
 # storage reads the sizes that registry measured; the serving sections serve the versions it registered
 NEEDS = {"storage": "registry", "serving_limits": "registry", "shadow": "registry"}
 

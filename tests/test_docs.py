@@ -113,6 +113,13 @@ BENCH_FIGURES = {
         "1000 versions, 2000 stage tags: `rollback`"
     ),
     r"where `gto show` takes ([\d.]+) s": lambda: bench_number("1000 versions, 2000 stage tags: `gto show`"),
+    r"`promote` takes ([\d.]+) s beside its gate": lambda: bench_number(
+        "1000 versions, 2000 stage tags: `promote less its gate`"
+    ),
+    r"beside its gate's ([\d.]+) s of downloads": lambda: (
+        bench_number("1000 versions, 2000 stage tags: `promote`")
+        - bench_number("1000 versions, 2000 stage tags: `promote less its gate`")
+    ),
 }
 
 
