@@ -163,6 +163,9 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         ) from None
 
 
+SECOND_LOOK = 0.05  # seconds: long enough for one poll of the sockets, short against any deadline
+
+
 class HeaderDeadlineH11(H11Protocol):
     """uvicorn closes idle kept-alive connections, but waits forever for the headers of a request
     that has begun to arrive (slowloris). This closes a connection that has not completed a
@@ -181,9 +184,16 @@ class HeaderDeadlineH11(H11Protocol):
     def _arm_header_deadline(self) -> None:
         self.loop.call_later(self.header_timeout, self._close_if_no_new_request, self.cycle)
 
-    def _close_if_no_new_request(self, cycle_when_armed) -> None:
-        if self.cycle is cycle_when_armed and not self.transport.is_closing():
-            self.transport.close()
+    def _close_if_no_new_request(self, cycle_when_armed, looked_again: bool = False) -> None:
+        if self.cycle is not cycle_when_armed or self.transport.is_closing():
+            return
+        if not looked_again:
+            # After a stall (a stopped process, a paused VM, a long GC) the deadline can fall due
+            # before the loop has read a request that arrived in time; closing then resets the
+            # connection with the request unread. Judge only after the loop has polled the socket.
+            self.loop.call_later(SECOND_LOOK, self._close_if_no_new_request, cycle_when_armed, True)
+            return
+        self.transport.close()
 
 
 def header_deadline_protocol(seconds: float) -> type[HeaderDeadlineH11]:
