@@ -140,6 +140,12 @@ class RequireJson(_Refusing):
         return RequestRefused(415, f"Content-Type must be application/json, got {media_type or 'none'}")
 
 
+# After a stall (a stopped process, a paused VM, a long GC) a deadline can fall due in the same pass
+# of the event loop that has the bytes which arrived in time, and run first. Each deadline below is
+# judged once more after this much time, long enough for one poll of the sockets.
+SECOND_LOOK = 0.05  # seconds
+
+
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, or 413 as soon as it exceeds `limit` bytes (the declared length is
     checked first), or 408 when it has not fully arrived within `timeout` seconds."""
@@ -155,15 +161,17 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
                 raise RequestRefused(413, f"request body larger than {limit} bytes")
         return bytes(body)
 
+    reading = asyncio.ensure_future(receive_all())
     try:
-        return await asyncio.wait_for(receive_all(), timeout)
-    except TimeoutError:
-        raise RequestRefused(
-            408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
-        ) from None
-
-
-SECOND_LOOK = 0.05  # seconds: long enough for one poll of the sockets, short against any deadline
+        for wait in (timeout, SECOND_LOOK):  # see SECOND_LOOK
+            done, _ = await asyncio.wait({reading}, timeout=wait)
+            if done:
+                return reading.result()
+    finally:
+        reading.cancel()  # the client left, or the time is up (a no-op once it is done)
+    raise RequestRefused(
+        408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
+    )
 
 
 class HeaderDeadlineH11(H11Protocol):
@@ -187,10 +195,7 @@ class HeaderDeadlineH11(H11Protocol):
     def _close_if_no_new_request(self, cycle_when_armed, looked_again: bool = False) -> None:
         if self.cycle is not cycle_when_armed or self.transport.is_closing():
             return
-        if not looked_again:
-            # After a stall (a stopped process, a paused VM, a long GC) the deadline can fall due
-            # before the loop has read a request that arrived in time; closing then resets the
-            # connection with the request unread. Judge only after the loop has polled the socket.
+        if not looked_again:  # see SECOND_LOOK: closing on a request still unread resets the connection
             self.loop.call_later(SECOND_LOOK, self._close_if_no_new_request, cycle_when_armed, True)
             return
         self.transport.close()
