@@ -50,6 +50,11 @@ def sh(*cmd: str, cwd=None, env=None) -> str:
     return done.stdout
 
 
+def goal_verdict(seconds: float, goal: float) -> str:
+    """The note beside a figure with a goal in seconds."""
+    return f"goal ≤ {goal:.0f} s: {'met' if seconds <= goal else 'MISSED'}"
+
+
 def commit(repo, message: str) -> None:
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-q", "--allow-empty", "-m", message, cwd=repo)

@@ -7,7 +7,7 @@ import shutil
 import statistics
 import sys
 
-from common import HERE_BENCH, clone_template, interleaved, ratio, sh, summary
+from common import HERE_BENCH, clone_template, goal_verdict, interleaved, ratio, sh, summary
 
 from tuneledger.modeling import PORTABLE_CPU_KERNELS
 
@@ -21,7 +21,7 @@ def _difference_row(times: dict[str, list[float]]) -> tuple[str, str, str]:
     return (
         "difference (median of per-round differences)",
         f"{median:.1f} s ({min(differences):.1f}–{max(differences):.1f})",
-        f"goal ≤ {GOAL:.0f} s: {'met' if median <= GOAL else 'MISSED'}",
+        goal_verdict(median, GOAL),
     )
 
 

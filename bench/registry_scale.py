@@ -4,20 +4,27 @@
 from __future__ import annotations
 
 import shutil
+import statistics
 import sys
 from functools import partial
 
-from common import HERE_BENCH, PROJECT, clone_template, commit, interleaved, sh, summary, timed
+from common import (
+    HERE_BENCH,
+    PROJECT,
+    clone_template,
+    commit,
+    goal_verdict,
+    interleaved,
+    sh,
+    summary,
+    timed,
+)
 
 sys.path.insert(0, str(PROJECT / "tests"))
 from registry_history import NAME, write_history  # noqa: E402
 
 SCALES = (10, 100, 1000)
 GOAL = 1.0  # seconds, CLI start-up included
-
-
-def _median(samples: list[float]) -> float:
-    return sorted(samples)[len(samples) // 2]
 
 
 def _history_over_a_completed_run(ctx: dict, versions: int):
@@ -86,7 +93,7 @@ def run(ctx: dict) -> dict:
         for command, samples in times.items():
             goal = ""
             if command in ("show", "history", "rollback", "promote less its gate"):
-                goal = f"goal ≤ {GOAL:.0f} s: {'met' if _median(samples) <= GOAL else 'MISSED'}"
+                goal = goal_verdict(statistics.median(samples), GOAL)
             if command == "promote":
                 goal = "the gate included: downloads, verification, checks"
             what = f"{versions} versions, {2 * versions} stage tags: `{command}`"

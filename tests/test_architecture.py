@@ -30,6 +30,7 @@ LAYERS = (
     ("command line", "cli"),
 )
 PUBLIC_ROOT = "tuneledger"  # its `load()` is the models layer's loader, under the package's own name
+PUBLIC_ROOT_LAYER = "models and packages"
 
 
 @cache
@@ -56,7 +57,7 @@ def imports(module: str) -> frozenset[str]:
 
 def layer_of(module: str) -> int:
     if module == PUBLIC_ROOT:
-        return 1
+        return [name for name, _ in LAYERS].index(PUBLIC_ROOT_LAYER)
     relative = module.removeprefix(PUBLIC_ROOT + ".")
     matches = [
         (len(prefix), index)
