@@ -19,8 +19,8 @@ SOURCE = PROJECT / "src"
 LAYERS = (
     (
         "foundation",
-        "errors secrets layout hashing fsutil faults progress params tasks git hub modeling publication "
-        "checkpoints s3local",
+        "errors secrets layout hashing fsutil faults progress params tasks git hub kernels modeling "
+        "publication checkpoints s3local",
     ),
     ("models and packages", "chat generation data base_model evaluation callbacks package predict"),
     ("pipeline stages", "stages"),

@@ -245,3 +245,35 @@ def test_the_deploy_cache_follows_the_same_rule(registry_copy, monkeypatch):
     with pytest.raises(TuneLedgerError, match="not a previous fetch"):
         deploy("lora-adapter", "prod", cache=cache)
     assert (foreign / "mine.txt").read_text() == "not a fetch"
+
+
+@pytest.mark.faults
+def test_a_refused_fetch_leaves_the_users_look_alike_staging_names_and_manifest(registry_copy):
+    """The message says nothing was changed: the exact staging names and a `DIR.manifest.json` of
+    the user's stay as they were, whether DIR is foreign or absent."""
+    (registry_copy / "deploy").mkdir()
+    (registry_copy / "deploy/mine.txt").write_text("mine")
+    for name in (".deploy.tuneledger-old", ".deploy.tuneledger-new"):
+        (registry_copy / name).write_text(f"the user's {name}")
+    one_line_refusal(fetch(registry_copy, "--stage", "prod", "-o", "deploy"), "deploy")
+    for name in (".deploy.tuneledger-old", ".deploy.tuneledger-new"):
+        assert (registry_copy / name).read_text() == f"the user's {name}"
+
+    (registry_copy / "absent.manifest.json").write_text("my own notes, not a manifest")
+    one_line_refusal(fetch(registry_copy, "--stage", "prod", "-o", "absent"), "absent.manifest.json")
+    assert (registry_copy / "absent.manifest.json").read_text() == "my own notes, not a manifest"
+    assert not (registry_copy / "absent").exists()
+
+
+def test_a_deploy_directory_shares_no_inode_with_the_cache_or_the_workspace(registry_copy):
+    """Appending to a fetched file as root must not reach DVC's cache or the workspace package
+    (the workspace holds v1.1.0, fetched here)."""
+    assert fetch(registry_copy, "--version", "v1.1.0", "-o", "deploy", "--with-base").returncode == 0
+    for path in [*(registry_copy / "deploy").rglob("*"), *(registry_copy / "deploy.base").rglob("*")]:
+        if path.is_file():
+            assert path.stat().st_nlink == 1, path
+    with open(registry_copy / "deploy/README.md", "a") as card:
+        card.write("appended by an operator")
+    assert run("dvc", "status", cwd=registry_copy).stdout.strip().endswith("up to date.")
+    verify(registry_copy / "models/export")
+    assert fetch(registry_copy, "--version", "v1.1.0", "-o", "deploy2").returncode == 0

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -264,3 +265,57 @@ def test_load_warns_when_the_manifest_differs_from_the_committed_one(trained_rep
         "`git checkout HEAD -- models/export.manifest.json`"
     ]
     assert generated.stdout.strip()
+
+
+def test_what_predictor_reads_besides_the_weights_comes_from_the_verified_copy(
+    default_run, tmp_path, monkeypatch
+):
+    """Signature, metadata and generation config swapped in the package once the verified copy is
+    gone (the window after loading) never reach the predictor: all are read from the copy."""
+    from tuneledger.package import loader
+    from tuneledger.predict import Predictor
+
+    package = tmp_path / "pkg"
+    shutil.copytree(default_run / "models/export", package)
+    shutil.copyfile(default_run / "models/export.manifest.json", tmp_path / "pkg.manifest.json")
+    real_copy = loader.verified_copy
+
+    @contextlib.contextmanager
+    def copy_then_swap(*args, **kwargs):
+        with real_copy(*args, **kwargs) as checked:
+            yield checked
+        signature = json.loads((package / "signature.json").read_text())
+        signature["params"]["max_new_tokens"]["maximum"] = 10**9
+        (package / "signature.json").write_text(json.dumps(signature))
+        (package / "metadata.json").write_text(json.dumps({"content_id": "f" * 64}))
+        (package / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 8, 9]}))
+
+    monkeypatch.setattr(loader, "verified_copy", copy_then_swap)
+    predictor = Predictor.open(package, base=default_run / "models/base")
+    original = json.loads((default_run / "models/export/signature.json").read_text())
+    assert predictor.signature == original
+    assert predictor.signature["params"]["max_new_tokens"]["maximum"] < 10**9
+    assert predictor.version["content_id"] == read_manifest_id(default_run)
+    assert predictor.eos_token_ids != [7, 8, 9]
+
+
+def read_manifest_id(repo) -> str:
+    return json.loads((repo / "models/export.manifest.json").read_text())["content_id"]
+
+
+def test_verify_checks_the_type_on_the_opened_descriptor(small_package, monkeypatch):
+    """A listed file swapped for a FIFO after the directory was listed: hashing opens it without
+    blocking, sees a FIFO on the descriptor, and reports it instead of hanging."""
+    from tuneledger.package import verify as verify_module
+
+    listed = manifest_format.package_files(small_package)
+    (small_package / "adapter_config.json").unlink()
+    os.mkfifo(small_package / "adapter_config.json")
+    # The listing and the scan for special files ran before the swap.
+    monkeypatch.setattr(verify_module.manifest_format, "package_files", lambda package: listed)
+    monkeypatch.setattr(verify_module, "special_files", lambda package: [])
+    problems = verify_module.find_problems(
+        small_package, manifest_format.read(manifest_path_for(small_package))
+    )
+    fifo = f"{small_package}/adapter_config.json: not a regular file (a FIFO)"
+    assert [str(p) for p in problems] == [f"{fifo}; a package holds only regular files"]

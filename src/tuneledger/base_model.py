@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tuneledger import chat, tasks
 from tuneledger.errors import TuneLedgerError
+from tuneledger.hashing import sha256_bytes
 from tuneledger.package.files import PICKLE_SUFFIXES
 from tuneledger.params import ModelParams
 
@@ -35,6 +36,23 @@ def snapshot(model: ModelParams, out: Path, seed: int, conversational: bool = Fa
     record["chat_template"] = chat.install(out, model.chat_template, conversational)
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+def write_build_record(source: dict, base_dir: Path, record: Path) -> None:
+    """What a fresh clone compares its own build with: for a base built here, the CPU and kernel
+    fingerprint it was built with and a short hash of each tensor; for a copied or downloaded one,
+    only its source (its bytes came from elsewhere)."""
+    built = source["kind"] == "builtin"
+    content = {"source": source["id"], "built_on": None, "tensors": None}
+    if built:
+        from safetensors.numpy import load_file
+
+        from tuneledger import kernels
+
+        tensors = load_file(base_dir / "model.safetensors")
+        content["built_on"] = kernels.describe()
+        content["tensors"] = {name: sha256_bytes(tensors[name].tobytes())[:16] for name in sorted(tensors)}
+    record.write_text(json.dumps(content, indent=1) + "\n")
 
 
 def read_source(base_dir: Path) -> dict:
@@ -148,7 +166,7 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
         set_seed,
     )
 
-    from tuneledger.modeling import pin_cpu_threads
+    from tuneledger.kernels import pin_cpu_threads
     from tuneledger.progress import progress_bar
 
     pin_cpu_threads(BUILD_THREADS)
@@ -171,7 +189,7 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
     eos_id = tokenizer.convert_tokens_to_ids(EOS)
     config = GPT2Config(**TINY, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN["lr"], fused=True)
     schedule = get_cosine_schedule_with_warmup(optimizer, PRETRAIN["steps"] // 10, PRETRAIN["steps"])
     rng = random.Random(seed)
     model.train()

@@ -296,11 +296,13 @@ def reproduce(
     """Rebuild a version from its commit in a temporary worktree and compare content ids."""
     result = api.reproduce(version, name)
     if as_json:
-        _print_json(vars(result) | {"identical": result.identical})
+        explanation = None if result.identical else result.explanation()
+        _print_json(vars(result) | {"identical": result.identical, "explanation": explanation})
     elif result.identical:
         out.print(f"identical: {name}@{version} rebuilt to content id {result.rebuilt}")
     else:
         out.print(f"differs: {name}@{version} expected {result.expected}, rebuilt {result.rebuilt}")
+        out.print(f"  why: {result.explanation()}")
         for path in result.differing:
             out.print(f"  {path}")
     if not result.identical:

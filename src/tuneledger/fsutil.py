@@ -45,3 +45,37 @@ def disk_space_errors(where: Path, what: str) -> Iterator[None]:
             f"{where}: no space left while writing {what} ({exc.strerror}; {free} bytes free there); "
             "free some space and rerun — outputs published before are intact"
         ) from None
+
+
+FICLONE = 0x40049409  # linux/fs.h: share the source's extents copy-on-write (btrfs, XFS, bcachefs)
+
+
+def own_bytes(path: Path) -> None:
+    """Give a file that shares its inode (a hard link into a cache) bytes of its own.
+
+    A write into a hard link writes into every name of that inode: into DVC's cache and the
+    workspace package too. A reflink shares nothing that a write can reach, and costs no space
+    until written; where the filesystem has none, the bytes are copied. Python has no reflink
+    call (shutil copies), hence the ioctl."""
+    path = Path(path)
+    if os.stat(path, follow_symlinks=False).st_nlink <= 1:
+        return
+    private = path.with_name(f".{path.name}.tuneledger-own")
+    try:
+        with open(path, "rb") as source, open(private, "xb") as target:
+            _reflink_or_copy(source, target)
+        shutil.copymode(path, private)
+        os.replace(private, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
+        raise
+
+
+def _reflink_or_copy(source, target) -> None:
+    import fcntl
+
+    try:
+        fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+    except OSError:  # no reflinks here (ext4, tmpfs, another filesystem): copy
+        shutil.copyfileobj(source, target, 4 * 1024 * 1024)

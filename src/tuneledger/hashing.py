@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,25 +14,48 @@ from typing import Any
 CHUNK = 4 * 1024 * 1024
 
 
+class NotARegularFile(OSError):
+    """The opened path is a FIFO, a socket or a device: reading it could block or never end."""
+
+    def __init__(self, path: str | Path, kind: str):
+        self.kind = kind
+        super().__init__(f"{path}: not a regular file ({kind})")
+
+
+def file_kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
+    return kinds.get(stat.S_IFMT(mode), "a device" if stat.S_ISBLK(mode) else "a special file")
+
+
 def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of one file, reading it in fixed-size chunks into one reused buffer."""
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
+    """Hex SHA-256 of one regular file, reading it in fixed-size chunks into one reused buffer.
+
+    The type is checked on the opened descriptor (opened O_NONBLOCK, so a FIFO cannot hang the
+    open), not on the path, which could be swapped between a check and the open."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(descriptor, "rb", buffering=0) as handle:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, file_kind(mode))
+        os.set_blocking(descriptor, True)
+        digest = hashlib.sha256()
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
         while count := handle.readinto(buffer):
             digest.update(view[:count])
     return digest.hexdigest()
 
 
-def sha256_files(paths: Iterable[str | Path], workers: int | None = None) -> dict[Path, str]:
-    """Hex SHA-256 of many files at once, keyed by path."""
+def sha256_files(
+    paths: Iterable[str | Path], workers: int | None = None, digest=sha256_file
+) -> dict[Path, Any]:
+    """`digest` (hex SHA-256 by default) of many files at once, keyed by path."""
     paths = [Path(p) for p in paths]
     workers = workers or min(8, os.cpu_count() or 1, max(1, len(paths)))
     if workers == 1:
-        return {p: sha256_file(p) for p in paths}
+        return {p: digest(p) for p in paths}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(zip(paths, pool.map(sha256_file, paths), strict=True))
+        return dict(zip(paths, pool.map(digest, paths), strict=True))
 
 
 def sha256_bytes(data: bytes) -> str:

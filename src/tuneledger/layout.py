@@ -8,7 +8,9 @@ CHECKPOINTS_DIR = Path("models/checkpoints")
 ADAPTER_DIR = Path("models/adapter")
 EXPORT_DIR = Path("models/export")
 RESULTS_DIR = Path("results")
+BASE_RECORD = RESULTS_DIR / "prepare" / "base.json"  # in git: which CPU built the base, and its tensors
 TRAIN_RESULTS = RESULTS_DIR / "train"
+TRAIN_SUMMARY = TRAIN_RESULTS / "summary.json"  # facts of the training run, in git
 EVAL_RESULTS = RESULTS_DIR / "evaluate"
 
 

@@ -44,24 +44,6 @@ def pick_device(device: str | None = None) -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-# CPU kernels that give the same bits on every x86-64 machine with AVX2, Intel or AMD. By default
-# MKL and ATen pick code paths by CPU vendor and vector width (AVX-512 on one machine, AVX2 on the
-# next), and a fresh clone elsewhere then trains different weights. MKL's COMPATIBLE branch is the
-# only one it keeps identical across vendors. They cost CPU speed (GPU kernels are not affected);
-# a value already set in the environment wins, and metadata records what was used.
-PORTABLE_CPU_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def use_portable_cpu_kernels() -> None:
-    """Select PORTABLE_CPU_KERNELS; effective only before torch runs its first kernel."""
-    import os
-    import platform
-
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        for name, value in PORTABLE_CPU_KERNELS.items():
-            os.environ.setdefault(name, value)
-
-
 def skip_bitsandbytes_unless(quantization: str) -> None:
     """A stage that does not quantize never loads bitsandbytes. peft imports it whenever it is
     installed, and that import alone takes 0.7 s (it builds torch._inductor). Python's documented
@@ -71,23 +53,6 @@ def skip_bitsandbytes_unless(quantization: str) -> None:
 
     if quantization == "none":
         sys.modules.setdefault("bitsandbytes", None)
-
-
-def cpu_kernels() -> dict:
-    """The CPU kernel selection in effect, for metadata."""
-    import os
-
-    import torch
-
-    settings = {name: os.environ.get(name) for name in PORTABLE_CPU_KERNELS}
-    return {**settings, "aten_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def pin_cpu_threads(count: int) -> None:
-    """Fix torch's intra-op thread count: CPU results are byte-identical only for the same count."""
-    import torch
-
-    torch.set_num_threads(count)
 
 
 def load_tokenizer(path: Path):

@@ -19,10 +19,8 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
 from tuneledger.generation import sampling_options
-from tuneledger.package import metadata as metadata_format
 from tuneledger.package import signature as signature_format
-from tuneledger.package.files import GENERATION_CONFIG
-from tuneledger.package.loader import load
+from tuneledger.package.loader import load_package
 from tuneledger.package.signature import SignatureViolation
 
 
@@ -109,19 +107,6 @@ class StopScanner:
         return out
 
 
-def _eos_token_ids(tokenizer, package: Path) -> list[int]:
-    """The ids that end an answer: those the package's generation_config.json lists (a chat
-    package's include its template's end-of-turn token), else the tokenizer's own."""
-    if (Path(package) / GENERATION_CONFIG).is_file():
-        from transformers import GenerationConfig
-
-        eos = GenerationConfig.from_pretrained(package).eos_token_id
-        return [eos] if isinstance(eos, int) else list(eos or [])
-    from tuneledger.chat import eos_token_ids
-
-    return eos_token_ids(tokenizer)
-
-
 @dataclass
 class Predictor:
     model: Any
@@ -134,12 +119,9 @@ class Predictor:
     def open(
         cls, package: Path, base: Path | None = None, device: str | None = None, manifest: Path | None = None
     ) -> Predictor:
-        model, tokenizer = load(package, device=device, base=base, manifest=manifest)
-        meta = metadata_format.read(Path(package) / "metadata.json")
-        sig = signature_format.read(Path(package) / "signature.json")
-        return cls(
-            model, tokenizer, sig, {"content_id": meta["content_id"]}, _eos_token_ids(tokenizer, package)
-        )
+        loaded = load_package(package, device=device, base=base, manifest=manifest)
+        identity = {"content_id": loaded.metadata["content_id"]}
+        return cls(loaded.model, loaded.tokenizer, loaded.signature, identity, loaded.eos_token_ids)
 
     @property
     def is_chat(self) -> bool:

@@ -1,7 +1,7 @@
 """The software and hardware a version was built with: enough to rebuild its environment.
 
 Only names and versions are recorded, and of environment variables only the three that select CPU
-kernels (modeling.PORTABLE_CPU_KERNELS): any other can hold credentials.
+kernels (kernels.PORTABLE_CPU_KERNELS): any other can hold credentials.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import sys
-from pathlib import Path
 
 
 def installed_packages() -> dict[str, str]:
@@ -23,22 +22,12 @@ def installed_packages() -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def describe() -> dict:
     import os
 
     import torch
 
-    from tuneledger.modeling import cpu_kernels
+    from tuneledger import kernels
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {
@@ -47,12 +36,12 @@ def describe() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu": cpu_name(),
+        "cpu": kernels.cpu_name(),
         "cpu_count": os.cpu_count(),
         "gpu": gpus or None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "cpu_kernels": cpu_kernels(),
+        "kernels": kernels.describe(),  # settings and fingerprint: whether another CPU rounds alike
         "packages": installed_packages(),
     }
 

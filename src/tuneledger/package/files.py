@@ -6,3 +6,5 @@ GENERATION_CONFIG = "generation_config.json"  # transformers' own: lists every t
 ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, GENERATION_CONFIG)  # what `train` publishes
 # Weights in these formats are pickles: loading one can run code. Never loaded, never packaged.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+METADATA = "metadata.json"
+SIGNATURE = "signature.json"

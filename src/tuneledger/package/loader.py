@@ -7,9 +7,12 @@ verify.verified_copy): a file swapped after the check is never the file that get
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuneledger import modeling
 from tuneledger.errors import TuneLedgerError
@@ -17,7 +20,8 @@ from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
-from tuneledger.package.files import ADAPTER_WEIGHTS
+from tuneledger.package import signature as signature_format
+from tuneledger.package.files import ADAPTER_WEIGHTS, GENERATION_CONFIG, METADATA, SIGNATURE
 from tuneledger.package.safetensors_io import open_checked
 from tuneledger.package.verify import copy_private, private_directory, verified_copy
 
@@ -93,6 +97,17 @@ def committed_manifest_warning(manifest_file: Path) -> str | None:
     )
 
 
+@dataclass(frozen=True)
+class LoadedPackage:
+    """A loaded version and every fact serving needs from it, all read from the verified copy."""
+
+    model: Any
+    tokenizer: Any
+    metadata: dict
+    signature: dict
+    eos_token_ids: list[int]
+
+
 def load(
     path: str | Path,
     device: str | None = None,
@@ -100,7 +115,18 @@ def load(
     manifest: str | Path | None = None,
 ):
     """Model and tokenizer of a verified package (merged weights if shipped, else base + adapter)."""
-    from peft import PeftModel
+    loaded = load_package(path, device=device, base=base, manifest=manifest)
+    return loaded.model, loaded.tokenizer
+
+
+def load_package(
+    path: str | Path,
+    device: str | None = None,
+    base: str | Path | None = None,
+    manifest: str | Path | None = None,
+) -> LoadedPackage:
+    """Load a verified package; its metadata, signature and end-of-answer ids come from the same
+    private copy whose bytes were checked, never from the package directory again."""
     from rich.markup import escape
 
     from tuneledger.progress import say
@@ -111,14 +137,40 @@ def load(
     if warning:
         say(escape(warning))
     with verified_copy(package, manifest_file) as (checked, _):  # SHA-256 of the very bytes loaded
-        meta = metadata_format.read(checked / "metadata.json")
+        meta = metadata_format.read(checked / METADATA)
         tokenizer = modeling.load_tokenizer(checked)
-        device = modeling.pick_device(device)
-        if (checked / "merged").is_dir():
-            return modeling.load_base(checked / "merged", device=device), tokenizer
-        with open_checked(checked / ADAPTER_WEIGHTS):  # the library's header checks, one line if refused
-            pass
-        with verified_base(package, meta, Path(base) if base else None) as base_dir:
-            model = modeling.load_base(base_dir, device=device)
-        model = PeftModel.from_pretrained(model, str(checked), is_trainable=False)
-        return model.to(device).eval(), tokenizer
+        model = _load_model(
+            checked, package, meta, modeling.pick_device(device), Path(base) if base else None
+        )
+        return LoadedPackage(
+            model,
+            tokenizer,
+            meta,
+            signature_format.read(checked / SIGNATURE),
+            _eos_token_ids(checked, tokenizer),
+        )
+
+
+def _load_model(checked: Path, package: Path, meta: dict, device: str, base: Path | None):
+    from peft import PeftModel
+
+    if (checked / "merged").is_dir():
+        return modeling.load_base(checked / "merged", device=device)
+    with open_checked(checked / ADAPTER_WEIGHTS):  # the library's header checks, one line if refused
+        pass
+    with verified_base(package, meta, base) as base_dir:
+        model = modeling.load_base(base_dir, device=device)
+    model = PeftModel.from_pretrained(model, str(checked), is_trainable=False)
+    return model.to(device).eval()
+
+
+def _eos_token_ids(checked: Path, tokenizer) -> list[int]:
+    """The ids that end an answer: those the package's generation_config.json lists (a chat
+    package's include its template's end-of-turn token), else the tokenizer's own."""
+    from tuneledger.chat import eos_token_ids
+
+    config = checked / GENERATION_CONFIG
+    if not config.is_file():
+        return eos_token_ids(tokenizer)
+    eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+    return [eos] if isinstance(eos, int) else list(eos or [])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import CHUNK, sha256_files
+from tuneledger.hashing import CHUNK, NotARegularFile, file_kind, sha256_file, sha256_files
 from tuneledger.layout import manifest_path_for
 from tuneledger.package import manifest as manifest_format
 
@@ -57,19 +57,23 @@ def find_problems(
         Problem(f"{label}/{n}", "missing", expected[n]["sha256"], None)
         for n in sorted(expected.keys() - present - special.keys())
     ]
-    hashes = sha256_files([package / n for n in sorted(present)])
+    hashes = sha256_files([package / n for n in sorted(present)], digest=_digest_or_kind)
     for name in sorted(present):
         actual = hashes[package / name]
-        if name not in expected:
+        if isinstance(actual, NotARegularFile):  # swapped for a FIFO or device after the listing
+            problems.append(Problem(f"{label}/{name}", "special", None, actual.kind))
+        elif name not in expected:
             problems.append(Problem(f"{label}/{name}", "unexpected", None, actual))
         elif actual != expected[name]["sha256"]:
             problems.append(Problem(f"{label}/{name}", "changed", expected[name]["sha256"], actual))
     return problems
 
 
-def _kind(mode: int) -> str:
-    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device"}
-    return kinds.get(stat.S_IFMT(mode), "a device" if stat.S_ISBLK(mode) else "a special file")
+def _digest_or_kind(path: Path) -> str | NotARegularFile:
+    try:
+        return sha256_file(path)
+    except NotARegularFile as refused:
+        return refused
 
 
 def special_files(package: Path) -> list[tuple[str, str]]:
@@ -79,7 +83,7 @@ def special_files(package: Path) -> list[tuple[str, str]]:
     for path in sorted(Path(package).rglob("*")):
         mode = path.lstat().st_mode
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            found.append((path.relative_to(package).as_posix(), _kind(mode)))
+            found.append((path.relative_to(package).as_posix(), file_kind(mode)))
     return found
 
 
@@ -109,7 +113,7 @@ def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | No
     """
     mode = os.lstat(source).st_mode
     if not (stat.S_ISREG(mode) or (follow_symlinks and stat.S_ISLNK(mode))):
-        return "a symlink" if stat.S_ISLNK(mode) else _kind(mode)
+        return "a symlink" if stat.S_ISLNK(mode) else file_kind(mode)
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         descriptor = os.open(source, flags)
@@ -118,7 +122,7 @@ def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | No
     with open(descriptor, "rb") as reader:
         mode = os.fstat(descriptor).st_mode
         if not stat.S_ISREG(mode):
-            return _kind(mode)
+            return file_kind(mode)
         os.set_blocking(descriptor, True)
         with open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, CHUNK)

@@ -9,10 +9,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneledger import git
+from tuneledger import git, kernels
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import manifest_path_for
 from tuneledger.package import manifest as manifest_format
+from tuneledger.package import metadata as metadata_format
+from tuneledger.package.files import METADATA
 from tuneledger.registry.versions import Resolved, download_verified, scratch_dir
 
 
@@ -22,10 +24,33 @@ class Reproduction:
     expected: str
     rebuilt: str
     differing: list[str] = field(default_factory=list)  # model-defining files whose bytes changed
+    built_on: str | None = None  # the CPU each side trained on
+    rebuilt_on: str | None = None
+    # The first op whose kernel fingerprint differs between the two CPUs; None when they agree or
+    # when the version records no fingerprint (kernels_compared says which).
+    first_differing_op: str | None = None
+    kernels_compared: bool = False
 
     @property
     def identical(self) -> bool:
         return self.expected == self.rebuilt
+
+    def explanation(self) -> str:
+        """Why the bytes differ, in one line: another CPU's kernels, or a bug."""
+        if not self.kernels_compared:
+            return (
+                "the version records no kernel fingerprint, so the two machines' kernels cannot be compared"
+            )
+        if self.first_differing_op:
+            return (
+                f"the CPUs round differently: built on {self.built_on}, rebuilt on {self.rebuilt_on}, "
+                f"kernel fingerprints part at `{self.first_differing_op}`; byte identity holds only "
+                "between machines whose fingerprints agree"
+            )
+        return (
+            f"both machines' kernel fingerprints agree ({self.built_on}; {self.rebuilt_on}), so this is a "
+            "reproducibility bug: please report it with both metadata.json files"
+        )
 
 
 def rebuild_in_worktree(resolved: Resolved) -> Reproduction:
@@ -52,11 +77,30 @@ def rebuild_in_worktree(resolved: Resolved) -> Reproduction:
         _run(["dvc", "repro"], worktree, env)
         package = worktree / resolved.path
         rebuilt = manifest_format.read(manifest_path_for(package))
-        differing = _differing(resolved, package, rebuilt)
+        result = Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id)
+        if not result.identical:
+            result.differing = _differing(resolved, package, rebuilt)
+            _compare_kernels(result, resolved, package)
     finally:
         git.run_git("worktree", "remove", "--force", str(worktree), check=False)
         shutil.rmtree(worktree.parent, ignore_errors=True)
-    return Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id, differing)
+    return result
+
+
+def _compare_kernels(result: Reproduction, resolved: Resolved, rebuilt_package: Path) -> None:
+    """Fingerprints first: two CPUs that round differently are expected to differ, two that agree not."""
+    workdir = scratch_dir()
+    try:
+        package = download_verified(resolved, workdir, [METADATA])
+        original = metadata_format.read(package / METADATA)["environment"].get("kernels")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    rebuilt = metadata_format.read(rebuilt_package / METADATA)["environment"]["kernels"]
+    result.rebuilt_on = rebuilt["cpu"]
+    if original:
+        result.kernels_compared = True
+        result.built_on = original["cpu"]
+        result.first_differing_op = kernels.first_difference(original, rebuilt)
 
 
 def _differing(resolved: Resolved, rebuilt_package: Path, rebuilt: manifest_format.Manifest) -> list[str]:

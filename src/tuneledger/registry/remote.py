@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.fsutil import own_bytes
 
 
 def describe_remote(repo) -> str:
@@ -121,6 +122,7 @@ def download(rev: str, path: str, dest: Path, names: list[str] | None = None, *,
                 target = dest / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(prefix + name, str(target))
+                own_bytes(target)  # DVC may hard-link its cache object here: a deploy copy never shares it
         except DataIndexDirError as exc:  # the tree itself: neither cached nor from the remote
             raise _not_available(repo, doing, path, rev, exc.__cause__) from None
         except FileNotFoundError as exc:

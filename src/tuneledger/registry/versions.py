@@ -18,7 +18,7 @@ from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
 from tuneledger.package.verify import VerificationFailed, find_problems
-from tuneledger.publication import Publication
+from tuneledger.publication import Publication, roll_forward
 from tuneledger.registry import remote, tags
 
 
@@ -110,9 +110,11 @@ def publish_verified(resolved: Resolved, out: Path, with_base: bool = False, for
     out = Path(out)
     manifest_out = manifest_path_for(out)
     base = base_path_for(out) if with_base else None
-    with Publication(*[out, manifest_out, *([base] if base else [])]) as outputs:
-        if not force:
-            refuse_foreign(out, base)
+    publication = Publication(*[out, manifest_out, *([base] if base else [])])
+    roll_forward(publication.journal)  # a fetch killed while publishing is finished before judging `out`
+    if not force:
+        refuse_foreign(out, base)  # before anything is touched, staging names included
+    with publication as outputs:
         staged = outputs.staged_dir(out)
         download(resolved, staged)
         problems = find_problems(staged, resolved.manifest, label=str(out))
@@ -143,6 +145,14 @@ def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
     return None
 
 
+def _is_manifest(path: Path) -> bool:
+    try:
+        manifest_format.read(path)
+    except (TuneLedgerError, OSError, UnicodeDecodeError):
+        return False
+    return path.is_file() and not path.is_symlink()
+
+
 def _previous_base(out: Path, base: Path) -> bool:
     """`base` holds exactly the base files that the earlier fetch's metadata names."""
     try:
@@ -156,6 +166,11 @@ def refuse_foreign(out: Path, base: Path | None) -> None:
     """Refuse to replace what an earlier fetch did not make (into `out`, and `base` if given): it
     may be the user's own work."""
     fix = "choose another --output, or pass --force to replace it"
+    manifest_out = manifest_path_for(out)
+    if os.path.lexists(manifest_out) and not _is_manifest(manifest_out):
+        raise TuneLedgerError(
+            f"{manifest_out}: exists and is not a fetch's manifest; nothing was changed — {fix}"
+        )
     ours = _previous_fetch(out) is not None
     if os.path.lexists(out) and not _is_empty_dir(out) and not ours:
         raise TuneLedgerError(

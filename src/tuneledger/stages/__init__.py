@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tuneledger.errors import friendly_errors
-from tuneledger.modeling import skip_bitsandbytes_unless, use_portable_cpu_kernels
+from tuneledger.kernels import use_portable_cpu_kernels
+from tuneledger.modeling import skip_bitsandbytes_unless
 from tuneledger.params import Params, load_params
 from tuneledger.progress import quiet_libraries
 

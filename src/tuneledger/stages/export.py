@@ -10,7 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tuneledger import base_model, data, git, modeling
+from tuneledger import base_model, data, git, kernels, modeling
 from tuneledger.hashing import sha256_file, tree_digest
 from tuneledger.layout import (
     ADAPTER_DIR,
@@ -19,7 +19,7 @@ from tuneledger.layout import (
     EXPORT_DIR,
     MANIFEST_FILE,
     PREPARED_DIR,
-    TRAIN_RESULTS,
+    TRAIN_SUMMARY,
 )
 from tuneledger.package import card, environment, manifest, metadata, signature
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG
@@ -75,7 +75,7 @@ def _write_merged(staged: Path, params: Params) -> None:
     """`merge_and_unload()` onto the unquantized base in the run's dtype (never onto nf4/int8 weights)."""
     from peft import PeftModel
 
-    modeling.pin_cpu_threads(params.train.cpu_threads)  # merged weights are byte-identical for a fixed count
+    kernels.pin_cpu_threads(params.train.cpu_threads)  # merged weights are byte-identical for a fixed count
     base = modeling.load_base(BASE_DIR, "cpu", params.model.dtype)
     model = PeftModel.from_pretrained(base, str(staged))
     merged = model.merge_and_unload()
@@ -97,8 +97,9 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         staged / ADAPTER_WEIGHTS, {"tuneledger.content_id": content_id, "tuneledger.git_commit": commit or ""}
     )
 
-    training = json.loads((TRAIN_RESULTS / "summary.json").read_text())
+    training = json.loads(TRAIN_SUMMARY.read_text())
     env = training.pop("environment")  # described by `train`, where the weights were computed
+    training.pop("launch_id", None)  # a fact of one launch, not of the model
     record = metadata.build(
         content_id=content_id,
         git={"commit": commit, "dirty": bool(dirty) if dirty is not None else None, "dirty_paths": dirty},

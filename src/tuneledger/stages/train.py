@@ -13,16 +13,23 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from tuneledger import chat, checkpoints, data, modeling
+from tuneledger import chat, checkpoints, data, kernels, modeling
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
-from tuneledger.layout import ADAPTER_DIR, BASE_DIR, CHECKPOINTS_DIR, PREPARED_DIR, TRAIN_RESULTS
+from tuneledger.layout import (
+    ADAPTER_DIR,
+    BASE_DIR,
+    CHECKPOINTS_DIR,
+    PREPARED_DIR,
+    TRAIN_RESULTS,
+    TRAIN_SUMMARY,
+)
 from tuneledger.package import environment
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES, GENERATION_CONFIG
 from tuneledger.params import Params
 from tuneledger.progress import say
 from tuneledger.publication import StageOutputs, staged_path
-from tuneledger.stages import stage_entry
+from tuneledger.stages import launcher, stage_entry
 
 if TYPE_CHECKING:  # for annotations: the functions below import these libraries where they use them
     from datasets import Dataset
@@ -39,7 +46,7 @@ def run(params: Params) -> dict:
     resume = _resumable_checkpoint(config, primary)
     check_train_params(params)
     if world_size() == 1:
-        modeling.pin_cpu_threads(params.train.cpu_threads)
+        kernels.pin_cpu_threads(params.train.cpu_threads)
 
     train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
     trainer = build_trainer(params, train_rows, val_rows)
@@ -70,6 +77,7 @@ def run(params: Params) -> dict:
         "resumed_from": str(resume) if resume else None,
         "config_id": config,
         "environment": environment.describe(),  # the training process's: its GPUs, torch, kernels
+        "launch_id": launcher.launch_id(),  # proves to the launching process that this run published
     }
     adapter = outputs.staged_dir(ADAPTER_DIR) if primary else staged_path(ADAPTER_DIR)
     trainer.save_model(str(adapter))  # every rank: under FSDP the full adapter is gathered from the shards
@@ -116,7 +124,7 @@ def config_id(params: Params) -> str:
         "base": tree_digest(BASE_DIR)[0],  # the chat template is a file of the base snapshot
         "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
         "sharding": sharding(),  # a sharded checkpoint holds other files than an unsharded one
-        "cpu_kernels": modeling.cpu_kernels(),  # another kernel branch rounds differently
+        "cpu_kernels": kernels.cpu_kernels(),  # another kernel branch rounds differently
     }
     return sha256_bytes(canonical_json(inputs))
 
@@ -317,7 +325,7 @@ def _publish(staged, tokenizer, live, summary: dict, outputs: StageOutputs) -> N
     _write_canonical_config(staged)
     _write_generation_config(staged, tokenizer)
     live.end()
-    summary_file = outputs.staged_file(TRAIN_RESULTS) / "summary.json"
+    summary_file = outputs.staged_file(TRAIN_RESULTS) / TRAIN_SUMMARY.name
     summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     outputs.commit()
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
@@ -336,7 +344,15 @@ def _write_generation_config(staged, tokenizer) -> None:
     (staged / GENERATION_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-main = stage_entry(run)
+def train_or_launch(params: Params) -> None:
+    """Train in this process, or start `train.launcher` on this module and check that it trained."""
+    if launcher.launched_here(params):
+        run(params)
+    else:
+        launcher.launch(params)
+
+
+main = stage_entry(train_or_launch)
 
 
 if __name__ == "__main__":
