@@ -176,8 +176,16 @@ def use_remote(repo: Path, s3, bucket: str) -> None:
 
 
 @contextlib.contextmanager
-def serving(repo: Path, *args: str, api_key: str | None = None, timeout: float = 300):
-    """`tuneledger serve` (prod) from `repo` on a free loopback port; yields its base URL."""
+def serving(
+    repo: Path,
+    *args: str,
+    api_key: str | None = None,
+    timeout: float = 300,
+    scheme: str = "http",
+    verify: str | bool = True,
+):
+    """`tuneledger serve` (prod) from `repo` on a free loopback port; yields its base URL once
+    /health answers. Its stderr goes to a file (an unread pipe would fill and stall the server)."""
     import httpx
 
     from tuneledger.s3local import free_port
@@ -185,18 +193,19 @@ def serving(repo: Path, *args: str, api_key: str | None = None, timeout: float =
     port = free_port()
     env = {**os.environ, **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}
     command = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / DEFAULT_DB), *args]
-    proc = subprocess.Popen(
-        command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
+    errors = repo / DEFAULT_DB.parent / f"serve-{port}.err"  # beside the log, which git ignores
+    errors.parent.mkdir(parents=True, exist_ok=True)
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    url, deadline = f"{scheme}://127.0.0.1:{port}", time.monotonic() + timeout
     try:
         while True:
-            assert proc.poll() is None, proc.stderr.read()
+            assert proc.poll() is None, errors.read_text()
             try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/health", timeout=1, verify=verify).status_code == 200:
                     break
             except httpx.HTTPError:
-                assert time.monotonic() < deadline, "server did not start"
+                assert time.monotonic() < deadline, f"server did not start: {errors.read_text()}"
                 time.sleep(0.25)
         yield url
     finally:

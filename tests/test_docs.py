@@ -12,6 +12,7 @@ from functools import cache
 import pytest
 
 from conftest import PROJECT, read_json
+from tuneledger.params import Params
 
 README = PROJECT / "README.md"
 RELIABILITY = PROJECT / "docs/reliability.md"
@@ -130,12 +131,18 @@ def test_readme_quotes_the_committed_benchmark(pattern):
     assert agrees(shown, actual), f"README shows {shown} for {pattern!r}; bench/results.md has {actual}"
 
 
-def test_readme_quotes_the_drift_the_gate_measured(registry):
-    """Halving the default's rank (v1.0.0 r=8 → v1.1.0 r=4) moves the update norm by what README says."""
+def test_readme_says_what_the_gate_measured_for_halving_the_rank(registry):
+    """Halving the default's rank (v1.0.0 r=8 → v1.1.0 r=4) stays within the default drift bound, as
+    README says. The figure itself follows this machine's trajectory, so README quotes none."""
     _, log = registry
     measured = float(re.search(r"largest update-norm change ([\d.]+)%", log["promote_v2"]).group(1))
-    shown = the_figure(README.read_text(), r"halving the rank of the default moves it by about (\d+)%")
-    assert round(measured, -1) == float(shown), f"README says about {shown}%, the gate measured {measured}%"
+    bound = 100 * Params().registry.max_norm_drift
+    shown = the_figure(
+        README.read_text(),
+        r"the default ([\d.]+) lets it double: halving the rank of the default stays within it",
+    )
+    assert float(shown) == Params().registry.max_norm_drift
+    assert 0 < measured < bound, f"halving the rank moved the update norm by {measured}%, beyond {bound}%"
 
 
 # --- docs/reliability.md: every cited test exists, with the cases it claims ------------------------

@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+import yaml
 
 from conftest import read_json, run, set_params
 from test_chat import inside
@@ -101,7 +102,8 @@ def test_step_controls_reach_the_trainer(trained_repo):
     assert [e["step"] for e in state["log_history"] if "eval_loss" in e] == [4, 8, 12]
     rates = {e["step"]: e["learning_rate"] for e in state["log_history"] if "learning_rate" in e}
     # the rate logged at step s is the one step s used: the schedule after s - 1 steps
-    cosine = {step: 0.005 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 12)) for step in rates}
+    peak = yaml.safe_load((trained_repo / "params.yaml").read_text())["train"]["lr"]
+    cosine = {step: peak * 0.5 * (1 + math.cos(math.pi * (step - 1) / 12)) for step in rates}
     assert rates == pytest.approx(cosine, rel=1e-3)
     optimizer = torch.load(trained_repo / "models/checkpoints/checkpoint-12/optimizer.pt", weights_only=True)
     assert any("exp_avg_sq_row" in slot for slot in optimizer["state"][0])  # Adafactor's factored state

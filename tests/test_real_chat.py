@@ -104,8 +104,8 @@ def test_registered_and_served_to_the_openai_client(smollm2_run, s3, tmp_path):
     messages = [{"role": "user", "content": "reverse: owl fox bee"}]
     (tmp_path / "messages.json").write_text(json.dumps(messages))
     local = run("tuneledger", "generate", "models/export", "--messages", tmp_path / "messages.json", cwd=repo)
-    with serving(repo, api_key="smollm2-key") as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="smollm2-key", max_retries=0, timeout=120)
+    with serving(repo, api_key="smollm2-key-0123456789") as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key="smollm2-key-0123456789", max_retries=0, timeout=120)
         reply = client.chat.completions.create(model="lora-adapter", messages=messages, max_tokens=12)
         streamed = client.chat.completions.create(
             model="lora-adapter", messages=messages, max_tokens=12, stream=True

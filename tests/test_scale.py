@@ -21,13 +21,18 @@ def lora_targets(adapter) -> set[str]:
 
 
 def test_ddp_with_two_cpu_processes_through_dvc_exp_run(trained_repo):
-    """`-S train.launcher=...` runs the unchanged stage under torchrun: world size 2, gloo."""
+    """`-S train.launcher=...` runs the unchanged stage under torchrun: world size 2, gloo. It is
+    compared with one process at the same global batch (32), on this machine: the steps, and where
+    the two end, must agree."""
+    run("dvc", "exp", "run", "-S", "train.batch_size=32", cwd=trained_repo)
     single = read_json(trained_repo / "results/train/metrics.json")["eval"]["loss"]
-    done = run("dvc", "exp", "run", "-S", "train.launcher=torchrun --nproc_per_node 2", cwd=trained_repo)
+    single_steps = read_json(trained_repo / "results/train/summary.json")["steps"]
+    launcher = "train.launcher=torchrun --nproc_per_node 2"
+    done = run("dvc", "exp", "run", "-S", launcher, "-S", "train.batch_size=16", cwd=trained_repo)
     log = done.stdout + done.stderr
     assert log.count("world size 2") == 1  # rank 0 alone reports and writes
     summary = read_json(trained_repo / "results/train/summary.json")
-    assert summary["world_size"] == 2 and summary["steps"] == 180  # global batch 32: half the steps
+    assert summary["world_size"] == 2 and summary["steps"] == single_steps == 180  # global batch 32
     ddp = read_json(trained_repo / "results/train/metrics.json")["eval"]["loss"]
     assert abs(ddp - single) < 0.05, (ddp, single)
     assert lora_targets(trained_repo / "models/adapter/adapter_model.safetensors") == {"c_attn"}

@@ -138,7 +138,7 @@ def test_a_non_loopback_bind_needs_a_key_or_insecure(tmp_path):
     )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "no API key is set" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
-    ServeConfig(host="0.0.0.0", api_key="k").check_bind()  # a key, or --insecure, lets it bind
+    ServeConfig(host="0.0.0.0", api_key=KEY).check_bind()  # a key, or --insecure, lets it bind
     ServeConfig(host="0.0.0.0", insecure=True).check_bind()
     ServeConfig(host="127.0.0.1").check_bind()
 
@@ -439,3 +439,146 @@ def test_allow_origin_admits_that_origin_only():
     assert client.get("/version", headers={"Origin": "https://ui.example"}).status_code == 200
     assert client.get("/version", headers={"Origin": "https://evil.example"}).status_code == 403
     assert client.get("/version").status_code == 200  # not from a browser page
+
+
+# --- hostile clients (security round 3) -------------------------------------------------------------
+def health_from(url: str, address: str) -> int:
+    """/health's status as a load balancer on another loopback address sees it."""
+    transport = httpx.HTTPTransport(local_address=address)
+    with httpx.Client(transport=transport, timeout=10) as session:
+        return session.get(f"{url}/health").status_code
+
+
+def test_one_client_address_cannot_take_the_server_down(hardened):
+    """256 idle connections from one address used to make every route answer 503, /health included.
+    Beyond its share (64) an address gets 429 and a closed connection; others are still served."""
+    port, sockets = hardened["port"], []
+    try:
+        for _ in range(256):
+            sockets.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.3)  # the server has accepted them all
+        assert health_from(hardened["url"], "127.0.0.2") == 200
+        refused = sockets[-1].recv(4096)
+        assert refused.startswith(b"HTTP/1.1 429") and b"too many open connections" in refused
+        served = httpx.get(
+            f"{hardened['url']}/version",
+            headers=AUTH,
+            timeout=10,
+            transport=httpx.HTTPTransport(local_address="127.0.0.3"),
+        )
+        assert served.status_code == 200
+    finally:
+        for held in sockets:
+            held.close()
+
+
+def test_refused_requests_are_counted_and_long_strings_clipped(hardened):
+    """400 unauthenticated requests with 15 KB paths leave counts, not rows; a long model name in an
+    answered request is stored cut short."""
+    url, db = hardened["url"], sqlite3.connect(hardened["db"])
+    before = db.execute("SELECT COALESCE(SUM(count), 0) FROM refusals WHERE status = 401").fetchone()[0]
+    rows_before = db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    with httpx.Client(timeout=30) as session:
+        for _ in range(400):
+            assert session.get(f"{url}/{'a' * 15_000}").status_code == 401
+    wait_until(
+        lambda: db.execute("SELECT SUM(count) FROM refusals WHERE status = 401").fetchone()[0] >= before + 400
+    )
+    assert db.execute("SELECT COUNT(*) FROM requests WHERE length(path) > 1000").fetchone()[0] == 0
+    unknown = httpx.post(
+        f"{url}/v1/completions", json={"model": "m" * 10_000, "prompt": "x"}, headers=AUTH, timeout=30
+    )
+    assert unknown.status_code == 404
+    wait_until(lambda: db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] > rows_before)
+    longest = db.execute("SELECT MAX(length(error)), MAX(length(path)) FROM requests").fetchone()
+    assert longest[0] <= 500 and longest[1] <= 256
+
+
+def test_a_seed_decides_only_its_own_requests_sample(hardened):
+    """A seeded request used to set the process-wide generator, so the next unseeded request's
+    sample was decided by it. Seeded answers repeat; unseeded ones after them do not."""
+    url = hardened["url"]
+    seeded, unseeded = [], []
+    unseeded_body = {key: value for key, value in LONG.items() if key != "seed"}
+    for _ in range(3):
+        seeded.append(httpx.post(f"{url}/generate", json=LONG, headers=AUTH, timeout=60).json()["text"])
+        unseeded.append(
+            httpx.post(f"{url}/generate", json=unseeded_body, headers=AUTH, timeout=60).json()["text"]
+        )
+    assert len(set(seeded)) == 1
+    assert len(set(unseeded)) > 1, unseeded
+
+
+def test_a_vanishing_temperature_is_greedy_not_a_500(hardened):
+    url = hardened["url"]
+    greedy = httpx.post(f"{url}/generate", json={**PROMPT, "temperature": 0}, headers=AUTH, timeout=60)
+    tiny = httpx.post(f"{url}/generate", json={**PROMPT, "temperature": 1e-300}, headers=AUTH, timeout=60)
+    assert tiny.status_code == 200 and tiny.json()["text"] == greedy.json()["text"]
+    body = {"model": "lora-adapter", "prompt": PROMPT["prompt"], "temperature": 1e-300, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, headers=AUTH, timeout=60) as streamed:
+        events = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert streamed.status_code == 200 and events[-1] == "data: [DONE]"
+    assert not any('"error"' in event for event in events), events
+
+
+def test_a_short_api_key_is_refused_and_tls_is_served_when_asked(registry, tmp_path):
+    """A guessable key stops the server with one line; with a certificate it speaks HTTPS."""
+    from conftest import serving
+
+    repo = copy_repo(registry[0], tmp_path / "repo")
+    short = run("tuneledger", "serve", cwd=repo, check=False, env={"TUNELEDGER_API_KEY": "change-me"})
+    assert (
+        short.returncode == 1
+        and "error: serve: the API key has 9 characters; use at least 16" in short.stderr
+    )
+    certificate, key = self_signed_certificate(tmp_path)
+    tls = ("--ssl-certfile", str(certificate), "--ssl-keyfile", str(key))
+    with serving(repo, *tls, api_key=KEY, scheme="https", verify=str(certificate)) as url:
+        assert url.startswith("https://")
+        answer = httpx.post(f"{url}/generate", json=PROMPT, headers=AUTH, verify=str(certificate), timeout=60)
+        assert answer.status_code == 200 and answer.json()["version"] == "v1.0.0"
+
+
+def test_a_non_loopback_bind_with_a_key_but_no_tls_is_warned_about():
+    warned = ServeConfig(host="0.0.0.0", api_key=KEY).warnings()
+    assert len(warned) == 1 and "API key crosses the network in clear text" in warned[0]
+    assert ServeConfig(api_key=KEY).warnings() == []
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key, written as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    certificate_file, key_file = directory / "server.pem", directory / "server.key"
+    certificate_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return certificate_file, key_file

@@ -102,7 +102,9 @@ def test_prompts_are_hashed_unless_kept():
     hidden = log.text_fields("prompt", "my secret plan", keep_raw=False)
     assert hidden["prompt"] is None and hidden["prompt_chars"] == 14
     assert hidden["prompt_sha256"] == hashlib.sha256(b"my secret plan").hexdigest()
-    assert log.text_fields("prompt", "my secret plan", keep_raw=True)["prompt"] == "my secret plan"
+    assert (
+        log.text_fields("prompt", "my secret plan", keep_raw=True)["prompt"] == "my secret plan"
+    )  # no secret
 
 
 def test_shadow_report_sums_the_rollup_and_filters_by_version_and_since(tmp_path):
@@ -184,3 +186,72 @@ def test_the_default_request_log_stays_out_of_git(project_copy):
     refuses uncommitted changes, so git must never see it."""
     for suffix in ("", "-wal", "-shm", "-journal"):
         run("git", "check-ignore", "--quiet", f"{log.DEFAULT_DB}{suffix}", cwd=project_copy)
+
+
+def test_a_log_that_cannot_be_opened_is_retried_shown_and_recovers(tmp_path):
+    """Not only a lock: a file that is no database kills no thread; rows wait, health says so, and
+    once the file is gone they are written."""
+    db_path = tmp_path / "serve.sqlite"
+    db_path.write_bytes(b"this is not a database" * 100)
+    writer = log.LogWriter(db_path, queue_size=100)
+    try:
+        for i in range(5):
+            writer.insert("requests", time=i, status=200)
+        wait_for(lambda: writer.health()["write_errors"] >= 2)  # retried, not given up
+        health = writer.health()
+        assert not health["healthy"] and "not a database" in health["last_error"]
+        assert writer.thread.is_alive() and health["queued"] + len(range(5)) >= 5
+        db_path.unlink()
+        wait_for(lambda: writer.health()["healthy"] and writer.written == 5, timeout=30)
+    finally:
+        writer.close()
+    assert sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 5
+
+
+def test_the_log_keeps_to_its_size_cap(tmp_path):
+    """The oldest request rows go once the log holds more than its cap; the newest stay."""
+    db_path = tmp_path / "serve.sqlite"
+    db = log.connect(db_path)
+    rows = [("requests", {"time": float(i), "status": 200, "error": "x" * 400}) for i in range(3000)]
+    log.write_batch(db, rows)
+    cap = 256 * 1024
+    assert log.used_bytes(db) > cap
+    removed = log.prune_to_size(db, cap, chunk=100)
+    assert 0 < removed < 3000 and log.used_bytes(db) <= cap
+    assert db.execute("SELECT MIN(time), MAX(time) FROM requests").fetchone() == (float(removed), 2999.0)
+
+
+def test_refusals_are_counted_per_minute_and_status_not_stored(tmp_path):
+    writer = log.LogWriter(tmp_path / "serve.sqlite")
+    try:
+        for _ in range(400):
+            writer.count_refusal(401, 120.0)
+        writer.count_refusal(415, 130.0)
+        wait_for(lambda: writer.written == 401)
+    finally:
+        writer.close()
+    db = sqlite3.connect(tmp_path / "serve.sqlite")
+    assert db.execute("SELECT minute, status, count FROM refusals ORDER BY status").fetchall() == [
+        (2, 401, 400),
+        (2, 415, 1),
+    ]
+    assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+
+
+def test_kept_prompts_are_redacted_the_servers_own_key_too():
+    from tuneledger.secrets import register_secret
+
+    key = "served-with-this-key-7f3a9c1e"
+    register_secret(key)
+    kept = log.text_fields("prompt", f"my key is {key} and sk-proj-{'a1' * 16}", keep_raw=True)
+    assert kept["prompt"] == "my key is *** and ***"
+    assert (
+        kept["prompt_sha256"]
+        == hashlib.sha256(f"my key is {key} and sk-proj-{'a1' * 16}".encode()).hexdigest()
+    )
+
+
+def test_a_row_keeps_at_most_a_bounded_part_of_what_a_client_sent():
+    row = log.clipped({"path": "/" + "a" * 15_000, "error": "e" * 10_000, "status": 404, "latency_ms": 1.0})
+    assert len(row["path"]) == log.CLIPPED["path"] and len(row["error"]) == log.CLIPPED["error"]
+    assert row["status"] == 404 and row["latency_ms"] == 1.0

@@ -9,6 +9,7 @@ evaluation, the package and serving all render conversations with the same bytes
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,33 @@ def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     if not base_template(tokenizer):
         raise TuneLedgerError("this model has no chat template; send a plain prompt instead of messages")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+_CONTENT_SLOT = re.compile("\ue000(\\d+)\ue001")  # private-use characters around a message's index
+
+
+def encode_prompt(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the prompt for `messages`, in which no message content becomes a special token.
+
+    Tokenizing the rendered text whole (what apply_chat_template does) turns `<|im_start|>system`
+    written inside a user's message into the real turn marker: a forged turn. When the contents
+    bring special tokens of their own, the template's text is tokenized with its special tokens and
+    each content as plain text; otherwise the ids are those of the whole text, unchanged."""
+    whole = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    slots = [{**message, "content": f"\ue000{index}\ue001"} for index, message in enumerate(messages)]
+    template_only = render_prompt(tokenizer, slots)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    template_ids = tokenizer(_CONTENT_SLOT.sub("", template_only), add_special_tokens=False)["input_ids"]
+    if sum(i in special for i in whole) == sum(i in special for i in template_ids):
+        return whole
+    ids: list[int] = []
+    for position, piece in enumerate(_CONTENT_SLOT.split(template_only)):
+        if position % 2 == 0:  # the template's own text, special tokens included
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+        else:  # a message's content: its text, whatever it spells
+            content = messages[int(piece)]["content"]
+            ids += tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return ids
 
 
 def is_conversational(row: dict[str, Any]) -> bool:

@@ -329,6 +329,10 @@ def serve(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")
     ] = False,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="Serve TLS with this certificate (PEM; with --ssl-keyfile).")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The TLS certificate's private key (PEM).")] = None,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Also accept this Host header (repeatable; * accepts any).", show_default=False),
@@ -351,6 +355,10 @@ def serve(
         float, typer.Option(help="Seconds to receive a request's headers; then the connection closes.")
     ] = 10.0,
     max_connections: Annotated[int, typer.Option(help="Open connections before 503 at once.")] = 256,
+    max_connections_per_client: Annotated[
+        int | None,
+        typer.Option(help="Open connections one client address may hold; beyond, 429 (default 64)."),
+    ] = None,
     shadow_queue: Annotated[int, typer.Option(help="Pending shadow requests before drops.")] = 64,
     log_prompts: Annotated[
         bool,
@@ -359,7 +367,14 @@ def serve(
         ),
     ] = False,
     log_retention_days: Annotated[
-        float | None, typer.Option(help="Delete request and shadow rows older than this (default: keep).")
+        float | None,
+        typer.Option(help="Delete request and shadow rows older than this (default 30; 0 keeps them)."),
+    ] = None,
+    log_max_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Delete the oldest request and shadow rows beyond this size (default 1024; 0: no cap)."
+        ),
     ] = None,
     log_queue: Annotated[
         int, typer.Option(help="Log rows held in memory before new ones are dropped.")
@@ -376,6 +391,8 @@ def serve(
         port=port,
         api_key=api_key,
         insecure=insecure,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         allowed_hosts=allowed_host,
         allow_origins=allow_origin,
         max_body=max_body_bytes,
@@ -384,10 +401,12 @@ def serve(
         body_timeout=body_timeout,
         header_timeout=header_timeout,
         max_connections=max_connections,
+        max_connections_per_client=max_connections_per_client,
         db=db,
         log_prompts=log_prompts,
         log_queue=log_queue,
         log_retention_days=log_retention_days,
+        log_max_mb=log_max_mb,
     )
 
 

@@ -141,14 +141,11 @@ def _elementwise(normal) -> dict[str, str]:
     import torch.nn.functional as functional
 
     h = normal(8, 64, 128)
-    positive = h.abs() + 1e-3
     return {
         "softmax": _digest(torch.softmax(h, -1)),
         "layer_norm": _digest(functional.layer_norm(h, (128,), normal(128), normal(128))),
         "gelu tanh": _digest(functional.gelu(h, approximate="tanh")),
         "tanh": _digest(torch.tanh(h)),  # GPT-2's gelu_new calls torch.tanh: MKL's vector math
-        "exp": _digest(torch.exp(h)),
-        "sqrt": _digest(torch.sqrt(positive)),  # MKL's vector math, as non-fused AdamW uses it
         "sum dim": _digest(h.sum(-1)),
         "sum all": _digest(h.sum()),
         "cross_entropy": _digest(functional.cross_entropy(normal(256, 2048), torch.arange(256) * 7 % 2048)),
@@ -168,15 +165,17 @@ def _backward_and_optimizer(normal, generator) -> dict[str, str]:
     ops["embedding backward"] = _digest(emb.grad)
     ops["linear backward weight"] = _digest(w.grad)
     ops["linear backward bias"] = _digest(bias.grad)
-    for name, options in (("adamw fused", {"fused": True}), ("adamw", {"foreach": False})):
-        params = [torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(bias.detach().clone())]
-        optimizer = torch.optim.AdamW(params, lr=1e-3, **options)
-        for _ in range(3):
-            optimizer.zero_grad()
-            (functional.linear(normal(32, 128), params[0].t(), params[1]) ** 2).mean().backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-        ops[f"{name} + clip"] = _digest(params[0])
+    # Fused AdamW (the default `train.optim`, and the base's pre-training) computes in ATen's own
+    # vector code, whose IEEE operations round alike everywhere. The unfused one takes its square
+    # root from MKL's vector math, which parts between Intel and AMD: it is left out of the promise.
+    params = [torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(bias.detach().clone())]
+    optimizer = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    for _ in range(3):
+        optimizer.zero_grad()
+        (functional.linear(normal(32, 128), params[0].t(), params[1]) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    ops["adamw fused + clip"] = _digest(params[0])
     return ops
 
 

@@ -101,7 +101,7 @@ class LoraParams(_Group):
 
 class TrainParams(_Group):
     epochs: Annotated[int, Field(ge=1, le=1000)] = 6
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 5e-3
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-2
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
     grad_accum: Annotated[int, Field(ge=1, le=1024)] = 1
     max_length: Annotated[int, Field(ge=8, le=131072)] = 64
@@ -122,7 +122,7 @@ class TrainParams(_Group):
     save_steps: Annotated[int, Field(ge=1)] | None = None  # null: a checkpoint each epoch
     eval_steps: Annotated[int, Field(ge=1)] | None = None  # null: evaluate each epoch
     lr_scheduler: Annotated[str, Field(min_length=1)] = "linear"  # a transformers SchedulerType
-    optim: Annotated[str, Field(min_length=1)] = "adamw_torch"  # a transformers OptimizerNames
+    optim: Annotated[str, Field(min_length=1)] = "adamw_torch_fused"  # a transformers OptimizerNames
     # Trackers beside dvclive (always on); each must be installed by the user.
     report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = []
 

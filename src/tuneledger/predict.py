@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
 
-from tuneledger.generation import sampling_options
+from tuneledger.generation import own_random_state, sampling_options
 from tuneledger.package import signature as signature_format
 from tuneledger.package.loader import load_package
 from tuneledger.package.signature import SignatureViolation
@@ -30,9 +30,13 @@ class Query:
 
     prompt: str
     params: dict[str, Any]  # max_new_tokens, temperature, top_p, seed (None: unset)
-    prompt_tokens: int
+    input_ids: list[int]  # what the model reads: a chat's contents never spell special tokens
     stop: tuple[str, ...] = ()
     messages: list[dict[str, str]] | None = None  # the conversation a chat prompt was rendered from
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
 
 
 @dataclass(frozen=True)
@@ -128,17 +132,14 @@ class Predictor:
         """A chat package carries a chat template with its tokenizer files."""
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode(self, text: str, rendered_chat: bool) -> dict:
-        """Token ids of a prompt. A rendered chat prompt already holds its special tokens, as
-        transformers' apply_chat_template assumes; a plain prompt gets the tokenizer's own."""
-        return self.tokenizer(text, add_special_tokens=not rendered_chat)
-
     def query(self, prompt: Any, params: dict[str, Any], stop: tuple[str, ...] = ()) -> Query:
-        """Check a plain prompt and its params against the signature (SignatureViolation if not)."""
+        """Check a plain prompt and its params against the signature (SignatureViolation if not).
+
+        A raw prompt is the client's own text, special tokens included, as in every completions API."""
         resolved = signature_format.check_request(self.signature, prompt, params)
-        count = len(self.encode(prompt, rendered_chat=False)["input_ids"])
-        signature_format.check_prompt_tokens(self.signature, count)
-        return Query(prompt, resolved, count, tuple(stop))
+        ids = self.tokenizer(prompt)["input_ids"]
+        signature_format.check_prompt_tokens(self.signature, len(ids))
+        return Query(prompt, resolved, ids, tuple(stop))
 
     def chat_query(self, messages: Any, params: dict[str, Any], stop: tuple[str, ...] = ()) -> Query:
         """Check a conversation against the signature and render it with the chat template."""
@@ -146,38 +147,38 @@ class Predictor:
             raise SignatureViolation(
                 "messages", "this version has no chat template; send a plain `prompt` instead"
             )
-        from tuneledger.chat import render_prompt
+        from tuneledger.chat import encode_prompt, render_prompt
 
         signature_format.check_messages(self.signature, messages)
         resolved = signature_format.check_params(self.signature, params)
-        prompt = render_prompt(self.tokenizer, messages)
-        count = len(self.encode(prompt, rendered_chat=True)["input_ids"])
-        signature_format.check_prompt_tokens(self.signature, count, field="messages")
-        return Query(prompt, resolved, count, tuple(stop), messages=messages)
+        ids = encode_prompt(self.tokenizer, messages)
+        signature_format.check_prompt_tokens(self.signature, len(ids), field="messages")
+        return Query(render_prompt(self.tokenizer, messages), resolved, ids, tuple(stop), messages=messages)
 
     @torch.inference_mode()
     def complete(self, query: Query, interrupt: Interrupt | None = None, streamer=None) -> Completion:
         """Generate the answer to a checked query. Raises Interrupted if `interrupt` stopped it."""
         params, tokenizer = query.params, self.tokenizer
         device = next(self.model.parameters()).device
-        inputs = self.encode(query.prompt, rendered_chat=query.messages is not None)
-        inputs = {name: torch.tensor([ids], device=device) for name, ids in inputs.items()}
+        ids = torch.tensor([query.input_ids], device=device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         stopping = StoppingCriteriaList([interrupt or Interrupt()])
         if query.stop:
             stopping.append(StopStringCriteria(tokenizer, list(query.stop)))
         eos = self.eos_token_ids or None
         try:
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=params["max_new_tokens"],
-                **sampling_options(params["temperature"], params.get("top_p"), params.get("seed")),
-                pad_token_id=tokenizer.pad_token_id
-                if tokenizer.pad_token_id is not None
-                else (eos or [0])[0],
-                eos_token_id=eos,
-                stopping_criteria=stopping,
-                streamer=streamer,
-            )
+            with own_random_state(params.get("seed"), device):
+                output = self.model.generate(
+                    **inputs,
+                    max_new_tokens=params["max_new_tokens"],
+                    **sampling_options(params["temperature"], params.get("top_p")),
+                    pad_token_id=tokenizer.pad_token_id
+                    if tokenizer.pad_token_id is not None
+                    else (eos or [0])[0],
+                    eos_token_id=eos,
+                    stopping_criteria=stopping,
+                    streamer=streamer,
+                )
         except BaseException:
             if streamer is not None:
                 streamer.end()  # a waiting reader must not wait forever

@@ -41,6 +41,10 @@ _SECRET_KEY = re.compile(
 _SECRET_KEY_EXACT = {"token", "auth", "authorization"}
 
 # Formats a credential has wherever it appears; each keeps what names it and masks the value.
+# Every repetition that another part must follow is possessive (`*+`, `{n,}+`) or bounded, so no
+# input makes a pattern backtrack: redaction stays linear in the text's length (the serving log
+# redacts what clients send).
+_TOKEN = r"[A-Za-z0-9_\-]"
 _PATTERNS: list[tuple[re.Pattern, str]] = [
     # AWS access key ids: AKIA (long-term) and ASIA (temporary), then 16 upper-case characters.
     (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"), MASK),
@@ -54,18 +58,30 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
         rf"\g<name>{MASK}",
     ),
     # Hugging Face user/org tokens and GitHub classic and fine-grained tokens.
-    (re.compile(r"(?<![A-Za-z0-9])(?:hf|api_org)_[A-Za-z0-9]{30,}"), MASK),
-    (re.compile(r"(?<![A-Za-z0-9])gh[pousr]_[A-Za-z0-9]{36,}"), MASK),
-    (re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{22,}"), MASK),
+    (re.compile(r"(?<![A-Za-z0-9])(?:hf|api_org)_[A-Za-z0-9]{30,}+"), MASK),
+    (re.compile(r"(?<![A-Za-z0-9])gh[pousr]_[A-Za-z0-9]{36,}+"), MASK),
+    (re.compile(r"(?<![A-Za-z0-9])github_pat_[A-Za-z0-9_]{22,}+"), MASK),
+    # OpenAI (sk-, sk-proj-, sk-svcacct-) and Anthropic (sk-ant-) keys; Stripe live and test keys.
+    (re.compile(rf"(?<![A-Za-z0-9])sk-{_TOKEN}{{20,}}+"), MASK),
+    (re.compile(r"(?<![A-Za-z0-9])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}+"), MASK),
+    # Slack bot, user and app tokens; GitLab personal access tokens; Google API keys.
+    (re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9\-]{10,}+"), MASK),
+    (re.compile(rf"(?<![A-Za-z0-9])glpat-{_TOKEN}{{20,}}+"), MASK),
+    (re.compile(rf"(?<![A-Za-z0-9])AIza{_TOKEN}{{35}}(?!{_TOKEN})"), MASK),
+    # JSON Web Tokens: three base64url parts, the first two JSON objects (`eyJ` is `{"`).
+    (re.compile(rf"(?<![A-Za-z0-9])eyJ{_TOKEN}{{5,}}+\.eyJ{_TOKEN}{{5,}}+\.{_TOKEN}{{5,}}+"), MASK),
     # `Bearer <token>` anywhere (an `Authorization: ...` setting is masked whole, below).
-    (re.compile(r"(?P<scheme>(?i:\bbearer)\s+)[A-Za-z0-9\-._~+/]{8,}=*"), rf"\g<scheme>{MASK}"),
+    (re.compile(r"(?P<scheme>(?i:\bbearer)\s++)[A-Za-z0-9\-._~+/]{8,}+=*+"), rf"\g<scheme>{MASK}"),
     # A password in a URL: scheme://user:password@host (the user name stays, to be recognisable).
-    (re.compile(r"(?P<user>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@\"']*:)[^\s/]+@"), rf"\g<user>{MASK}@"),
+    (
+        re.compile(r"(?P<user>\b[A-Za-z][A-Za-z0-9+.\-]{0,31}+://[^\s/:@\"']{0,256}+:)[^\s/@]{1,256}+@"),
+        rf"\g<user>{MASK}@",
+    ),
 ]
 # `name=value` and `"name": "value"` in free text, for names that _SECRET_KEY accepts.
 _ASSIGNMENT = re.compile(
-    r"\b(?P<name>[A-Za-z][\w.\-]*)(?P<sep>[\"']?[ \t]*[:=][ \t]*[\"']?)"
-    r"(?P<value>(?:(?i:basic|bearer|digest|token)[ \t]+)?[^\s\"',;&]+)"
+    r"\b(?P<name>[A-Za-z][\w.\-]{0,63}+)(?P<sep>[\"']?[ \t]*+[:=][ \t]*+[\"']?)"
+    r"(?P<value>(?:(?i:basic|bearer|digest|token)[ \t]++)?[^\s\"',;&]++)"
 )
 
 
@@ -131,10 +147,20 @@ def config_secret_values(start: str | Path = ".") -> list[str]:
     return list(_settings_in(tuple(stamps)))
 
 
+_REGISTERED: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """A secret this process holds that no variable or config file names (a key given as an option)."""
+    if value:
+        _REGISTERED.add(value)
+
+
 def secret_values() -> list[str]:
-    """Known secret values (environment and DVC config), longest first."""
+    """Known secret values (environment, DVC config, registered), longest first."""
     values = {v for k, v in os.environ.items() if is_secret_name(k)}
     values.update(config_secret_values())
+    values.update(_REGISTERED)
     return sorted((v for v in values if len(v) >= MIN_LENGTH), key=len, reverse=True)
 
 

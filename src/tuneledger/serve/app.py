@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 from tuneledger.package.signature import SignatureViolation
 from tuneledger.progress import say
+from tuneledger.secrets import register_secret
 from tuneledger.serve import log
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.errors import RequestRefused, from_signature, note, render
@@ -30,7 +31,7 @@ from tuneledger.serve.guards import (
     RequireBearer,
     RequireJson,
     SameOriginOnly,
-    header_deadline_protocol,
+    connection_limits,
 )
 from tuneledger.serve.openai.api_router import build_router
 from tuneledger.serve.openai.serving import OpenAIServing
@@ -131,13 +132,17 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     config.check_bind()
+    for warning in config.warnings():
+        say(warning)
+    register_secret(config.api_key)  # never stored in the log, even with --log-prompts
     server = Server(config)
     signal.signal(signal.SIGHUP, server.reload_in_background)  # `kill -HUP` after a rollback
     shadow = server.shadow
     shadow_note = f", shadow {shadow.stage} {shadow.version or f'({shadow.state})'}" if shadow else ""
     say(
         f"serving {config.name} {config.stage} {server.current.version} "
-        f"({server.current.content_id[:12]}){shadow_note} on http://{config.host}:{config.port}; "
+        f"({server.current.content_id[:12]}){shadow_note} on "
+        f"{'https' if config.tls else 'http'}://{config.host}:{config.port}; "
         f"log {config.db}{'' if config.api_key else '; no API key'}"
     )
     uvicorn.run(
@@ -146,9 +151,11 @@ def serve(config: ServeConfig) -> None:
         port=config.port,
         log_level="warning",
         access_log=False,  # the serving log records every request, with its version
-        http=header_deadline_protocol(config.header_timeout),
+        http=connection_limits(config.header_timeout, config.max_connections_per_client),
         timeout_keep_alive=config.keep_alive,
         limit_concurrency=config.max_connections,
         h11_max_incomplete_event_size=16 * 1024,  # request line and headers
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
+        ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
     )

@@ -13,6 +13,7 @@ from tuneledger.serve import log
 from tuneledger.serve.deployment import DEFAULT_CACHE
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+MIN_API_KEY_CHARS = 16  # a shorter key is guessable; `secrets.token_urlsafe(24)` gives 32
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -29,6 +30,8 @@ class ServeConfig:
     port: int = 8000
     api_key: str | None = None
     insecure: bool = False
+    ssl_certfile: Path | None = None  # TLS through uvicorn, when both are given
+    ssl_keyfile: Path | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host header values accepted besides the bound names
     allow_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS)
     # limits: every request ends with a status within bounded time and memory
@@ -39,11 +42,16 @@ class ServeConfig:
     header_timeout: float = 10.0  # to receive a request's headers
     keep_alive: int = 5  # idle seconds before a kept-alive connection closes
     max_connections: int = 256  # beyond this uvicorn answers 503 at once
+    # Open connections one client address may hold (beyond: 429 and closed), below max_connections
+    # so that one client cannot make every route answer 503. Behind a proxy every client has the
+    # proxy's address: raise it to max_connections there and let the proxy limit per client.
+    max_connections_per_client: int = 64
     # the serving log
     db: Path = log.DEFAULT_DB
     log_prompts: bool = False
     log_queue: int = log.DEFAULT_QUEUE
-    log_retention_days: float | None = None
+    log_retention_days: float | None = 30.0  # request and shadow rows older than this go
+    log_max_mb: float | None = 1024.0  # and the oldest go while the log holds more than this
 
     def trusted_hosts(self) -> list[str]:
         """Host header values to accept: the names the server is bound to, plus --allowed-host."""
@@ -57,14 +65,37 @@ class ServeConfig:
             bound = [self.host]
         return sorted({name.lower() for name in (*bound, *self.allowed_hosts)})
 
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
+
     def check_bind(self) -> None:
-        """Refuse to expose the model beyond this machine without a key, unless told to."""
+        """Refuse a guessable key, half a TLS setting, and exposing the model beyond this machine
+        without a key (unless told to)."""
+        if self.api_key is not None and len(self.api_key) < MIN_API_KEY_CHARS:
+            raise TuneLedgerError(
+                f"serve: the API key has {len(self.api_key)} characters; use at least {MIN_API_KEY_CHARS}, "
+                "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise TuneLedgerError("serve: TLS needs both --ssl-certfile and --ssl-keyfile")
+        for path in (self.ssl_certfile, self.ssl_keyfile):
+            if path is not None and not Path(path).is_file():
+                raise TuneLedgerError(f"serve: {path}: no such file (TLS certificate or key)")
         if is_loopback(self.host) or self.api_key or self.insecure:
             return
         raise TuneLedgerError(
             f"serve: --host {self.host} is reachable from other machines and no API key is set; "
             "set TUNELEDGER_API_KEY (or --api-key), or pass --insecure if something else guards the port"
         )
+
+    def warnings(self) -> list[str]:
+        if not is_loopback(self.host) and self.api_key and not self.tls:
+            return [
+                f"warning: --host {self.host} is reachable from other machines and the API key crosses the "
+                "network in clear text; serve TLS (--ssl-certfile, --ssl-keyfile) or put a TLS proxy in front"
+            ]
+        return []
 
 
 def is_loopback(host: str) -> bool:

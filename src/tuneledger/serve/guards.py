@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -51,22 +52,28 @@ class RequestLog:
             status = status or 500
             raise
         finally:
-            self.server.log_request(
-                {
-                    "time": log.now(),
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": facts.get("status") or status or 499,
-                    "request_hash": facts.get("request_hash"),
-                    "version": facts.get("version"),
-                    "content_id": facts.get("content_id"),
-                    "latency_ms": (time.perf_counter() - started) * 1000,
-                    "finish_reason": facts.get("finish_reason"),
-                    "error": facts.get("error"),
-                },
-                facts.get("prompt"),
-                facts.get("output"),
-            )
+            self._record(scope, facts, facts.get("status") or status or 499, started)
+
+    def _record(self, scope: Scope, facts: dict[str, Any], status: int, started: float) -> None:
+        if "endpoint" not in scope and 400 <= status < 500:  # refused before any route: counted only
+            self.server.writer.count_refusal(status, log.now())
+            return
+        self.server.log_request(
+            {
+                "time": log.now(),
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "request_hash": facts.get("request_hash"),
+                "version": facts.get("version"),
+                "content_id": facts.get("content_id"),
+                "latency_ms": (time.perf_counter() - started) * 1000,
+                "finish_reason": facts.get("finish_reason"),
+                "error": facts.get("error"),
+            },
+            facts.get("prompt"),
+            facts.get("output"),
+        )
 
 
 class _Refusing:
@@ -174,16 +181,45 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     )
 
 
-class HeaderDeadlineH11(H11Protocol):
-    """uvicorn closes idle kept-alive connections, but waits forever for the headers of a request
-    that has begun to arrive (slowloris). This closes a connection that has not completed a
-    request's headers within `header_timeout` seconds of opening or of its previous response."""
+# What a connection beyond its client's share gets before it is closed (no request is read).
+_TOO_MANY_BODY = b'{"detail": "too many open connections from this address; close some"}'
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+
+
+class LimitedH11(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with two limits it lacks.
+
+    - Headers deadline: uvicorn closes idle kept-alive connections, but waits forever for the
+      headers of a request that has begun to arrive (slowloris). A connection that has not
+      completed a request's headers within `header_timeout` seconds of opening or of its previous
+      response is closed.
+    - Connections per client address: uvicorn's `limit_concurrency` counts every connection, so one
+      client holding that many idle ones made every route answer 503, /health included. A
+      connection beyond `per_client` from one address gets 429 and is closed at once.
+    """
 
     header_timeout = 10.0
+    per_client = 64
+    open_by_address: Counter  # shared by the server's connections (one event loop)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.address = self.client[0] if self.client else None
+        self.open_by_address[self.address] += 1
+        if self.open_by_address[self.address] > self.per_client:
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
         self._arm_header_deadline()
+
+    def connection_lost(self, exc) -> None:
+        self.open_by_address[self.address] -= 1
+        if self.open_by_address[self.address] <= 0:
+            del self.open_by_address[self.address]
+        super().connection_lost(exc)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -201,5 +237,7 @@ class HeaderDeadlineH11(H11Protocol):
         self.transport.close()
 
 
-def header_deadline_protocol(seconds: float) -> type[HeaderDeadlineH11]:
-    return type("HeaderDeadlineH11", (HeaderDeadlineH11,), {"header_timeout": seconds})
+def connection_limits(header_timeout: float, per_client: int) -> type[LimitedH11]:
+    """The protocol class uvicorn instantiates per connection, with these limits."""
+    limits = {"header_timeout": header_timeout, "per_client": per_client, "open_by_address": Counter()}
+    return type("LimitedH11", (LimitedH11,), limits)

@@ -31,6 +31,9 @@ BATCH = 500
 WRITE_TIMEOUT_S = 2.0  # a locked database fails a write after this long; the writer retries
 MAX_BACKOFF_S = 5.0
 PRUNE_EVERY_S = 3600.0
+PRUNE_EVERY_ROWS = 10_000  # and after this many rows, so a flood meets the size cap within minutes
+# What a row keeps of the strings a client controls (paths, error messages that quote a field).
+CLIPPED = {"path": 256, "method": 16, "error": 500, "finish_reason": 32, "version": 64, "content_id": 64}
 LATENCY_SAMPLE = 10_000  # latency percentiles come from the newest pairs, at most this many
 
 TABLES = {
@@ -49,6 +52,9 @@ TABLES = {
         "prod_output_chars INTEGER", "shadow_output_sha256 TEXT", "shadow_output_chars INTEGER",
     ],
     "shadow_drops": ["time REAL", "request_hash TEXT", "shadow_version TEXT"],
+    # Requests refused before any route (wrong key, host, origin or media type, unknown path): counted
+    # per minute and status rather than stored, so unauthenticated traffic cannot fill the disk.
+    "refusals": ["minute INTEGER", "status INTEGER", "count INTEGER"],
     "events": [
         "time REAL", "event TEXT", "role TEXT", "name TEXT", "stage TEXT", "version TEXT",
         "content_id TEXT", "error TEXT",
@@ -69,6 +75,11 @@ CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
 CREATE INDEX IF NOT EXISTS shadow_pairs_time ON shadow_pairs(time);
 CREATE INDEX IF NOT EXISTS shadow_pairs_version_time ON shadow_pairs(shadow_version, time);
 CREATE INDEX IF NOT EXISTS shadow_drops_time ON shadow_drops(time);
+CREATE UNIQUE INDEX IF NOT EXISTS refusals_minute_status ON refusals(minute, status);
+"""
+_COUNT_REFUSALS = """
+INSERT INTO refusals (minute, status, count) VALUES (:minute, :status, :count)
+ON CONFLICT (minute, status) DO UPDATE SET count = count + excluded.count
 """
 _ADD_TO_ROLLUP = """
 INSERT INTO shadow_rollup (shadow_version, minute, pairs, errors, exact_agreements,
@@ -123,11 +134,20 @@ def rebuild_rollup(db: sqlite3.Connection) -> None:
 
 
 def text_fields(name: str, text: str | None, keep_raw: bool) -> dict[str, Any]:
-    """A prompt or output as log columns: SHA-256 and length, and the text itself only if kept."""
+    """A prompt or output as log columns: SHA-256 and length, and the text itself (redacted) only if
+    kept."""
     if text is None:
         return {name: None, f"{name}_sha256": None, f"{name}_chars": None}
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return {name: text if keep_raw else None, f"{name}_sha256": digest, f"{name}_chars": len(text)}
+    return {name: redact(text) if keep_raw else None, f"{name}_sha256": digest, f"{name}_chars": len(text)}
+
+
+def clipped(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with each client-controlled string cut to its CLIPPED length."""
+    return {
+        key: value[: CLIPPED[key]] if key in CLIPPED and isinstance(value, str) else value
+        for key, value in row.items()
+    }
 
 
 def short_error(exc: BaseException) -> str:
@@ -170,6 +190,9 @@ def write_batch(db: sqlite3.Connection, batch: list[tuple[str, dict]]) -> None:
     """Insert rows and their rollup counts in one transaction: all of them or none."""
     with db:
         for table, row in batch:
+            if table == "refusals":
+                db.execute(_COUNT_REFUSALS, row)
+                continue
             columns = ", ".join(row)
             db.execute(
                 f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(row))})", list(row.values())
@@ -193,6 +216,36 @@ def prune(db: sqlite3.Connection, older_than: float, chunk: int = 10_000) -> int
                 break
     with db:
         db.execute("DELETE FROM shadow_rollup WHERE minute < ?", [int(older_than // 60)])
+        db.execute("DELETE FROM refusals WHERE minute < ?", [int(older_than // 60)])
+    return removed
+
+
+PAGE_FACTS = ("page_count", "freelist_count", "page_size")
+
+
+def used_bytes(db: sqlite3.Connection) -> int:
+    """Bytes the log's pages hold (free pages, which new rows reuse, not counted)."""
+    (pages,), (free,), (size,) = (
+        db.execute(f"PRAGMA {name}").fetchone() for name in ("page_count", "freelist_count", "page_size")
+    )
+    return (pages - free) * size
+
+
+def prune_to_size(db: sqlite3.Connection, max_bytes: int, chunk: int = 10_000) -> int:
+    """Delete the oldest request and shadow rows, a chunk at a time, until the log holds at most
+    `max_bytes` (events, rollups and refusal counts are small and kept). Returns how many rows went."""
+    removed = 0
+    while used_bytes(db) > max_bytes:
+        done = 0
+        for table in PRUNED:
+            with db:
+                done += db.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY time LIMIT ?)",
+                    [chunk],
+                ).rowcount
+        if done == 0:
+            break
+        removed += done
     return removed
 
 
@@ -217,8 +270,17 @@ class LogWriter:
     it succeeds; the writer's state is in `health()`.
     """
 
-    def __init__(self, path: Path, queue_size: int = DEFAULT_QUEUE, retention_days: float | None = None):
-        self.path, self.retention_days = Path(path), retention_days
+    def __init__(
+        self,
+        path: Path,
+        queue_size: int = DEFAULT_QUEUE,
+        retention_days: float | None = None,
+        max_mb: float | None = None,
+    ):
+        self.path = Path(path)
+        self.retention_days = retention_days or None  # 0 keeps rows whatever their age
+        self.max_bytes = int(max_mb * 1024 * 1024) if max_mb else None  # 0: no size cap
+        self._rows_since_prune = 0
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._counts_lock = threading.Lock()
         self.written = self.dropped = self.write_errors = self.lost = self.pruned = 0  # rows
@@ -239,6 +301,10 @@ class LogWriter:
             with self._counts_lock:
                 self.dropped += 1
             return False
+
+    def count_refusal(self, status: int, when: float) -> None:
+        """Count a request refused before any route; the writer sums these per minute."""
+        self.insert("refusals", minute=int(when // 60), status=status, count=1)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -266,6 +332,7 @@ class LogWriter:
         batch[:] = [item for item in batch if item is not _WAKE_UP]
 
     def _run(self) -> None:
+        """Never ends but by close(): any failure is counted, shown in health() and retried."""
         batch: list = []
         backoff = 0.1
         while True:
@@ -287,19 +354,30 @@ class LogWriter:
             self._prune_if_due()
 
     def _write(self, batch: list) -> bool:
-        """True when the batch is done with (written, or its unwritable rows counted as lost)."""
+        """True when the batch is done with (written, or its unwritable rows counted as lost);
+        False to retry it after a backoff."""
         try:
             if self._db is None:
                 self._db = connect(self.path, timeout=WRITE_TIMEOUT_S)
             write_batch(self._db, batch)
         except (sqlite3.Error, OSError) as exc:
             self._count_error(exc)
-            if _transient(exc):  # locked, full or gone: keep the rows and retry
+            if _transient(exc) or not self._database_answers():  # locked, full, gone or corrupt
                 self._reset_connection()
                 return False
             self._write_one_by_one(batch)  # a row the schema refuses must not block the others
             return True
         self._wrote(len(batch))
+        return True
+
+    def _database_answers(self) -> bool:
+        """Whether the open database reads at all: if not, every row would fail, so retry later."""
+        if self._db is None:
+            return False
+        try:
+            self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            return False
         return True
 
     def _write_one_by_one(self, batch: list) -> None:
@@ -322,6 +400,7 @@ class LogWriter:
     def _wrote(self, rows: int) -> None:
         with self._counts_lock:
             self.written += rows
+        self._rows_since_prune += rows
         if self.failing:
             say(f"serve: the serving log {self.path} is written again")
         self.failing = False
@@ -333,14 +412,18 @@ class LogWriter:
             self._db = None
 
     def _prune_if_due(self) -> None:
-        if self.retention_days is None or time.monotonic() < self._next_prune or self._db is None:
+        due = time.monotonic() >= self._next_prune or self._rows_since_prune >= PRUNE_EVERY_ROWS
+        if not due or self._db is None or (self.retention_days is None and self.max_bytes is None):
             return
-        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        self._next_prune, self._rows_since_prune = time.monotonic() + PRUNE_EVERY_S, 0
         try:
-            self.pruned += prune(self._db, time.time() - self.retention_days * 86400)
+            if self.retention_days is not None:
+                self.pruned += prune(self._db, time.time() - self.retention_days * 86400)
+            if self.max_bytes is not None:
+                self.pruned += prune_to_size(self._db, self.max_bytes)
         except sqlite3.Error as exc:  # retried at the next period; logging goes on
             self.last_error = short_error(exc)
-            say(f"serve: pruning the serving log failed (retried in an hour): {self.last_error}")
+            say(f"serve: pruning the serving log failed (retried later): {self.last_error}")
 
     def close(self) -> None:
         self._closing.set()

@@ -146,7 +146,7 @@ class Server:
     def __init__(self, config: ServeConfig):
         self.config = config
         self.name, self.stage = config.name, config.stage
-        self.writer = log.LogWriter(config.db, config.log_queue, config.log_retention_days)
+        self.writer = log.LogWriter(config.db, config.log_queue, config.log_retention_days, config.log_max_mb)
         self.queue = ModelQueue(config.max_queue)
         self._reload_lock = threading.Lock()
         self.last_reload: dict[str, Any] | None = None
@@ -299,7 +299,7 @@ class Server:
         keep = self.config.log_prompts
         self.writer.insert(
             "requests",
-            **row,
+            **log.clipped(row),
             **log.text_fields("prompt", prompt_text, keep),
             **log.text_fields("output", output, keep),
         )

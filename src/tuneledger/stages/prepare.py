@@ -20,8 +20,9 @@ def run(params: Params) -> None:
             data.write_split(split_rows, prepared / f"{name}.jsonl")
         data.write_origin(origin, prepared)
         conversational = data.is_conversational(rows)
-        source = base_model.snapshot(params.model, outputs.staged_dir(BASE_DIR), params.seed, conversational)
-        base_model.write_build_record(source, outputs.staged_dir(BASE_DIR), outputs.staged_file(BASE_RECORD))
+        base = outputs.staged_dir(BASE_DIR)
+        source = base_model.snapshot(params.model, base, params.seed, conversational)
+        base_model.write_build_record(source, base, outputs.staged_file(BASE_RECORD))
     counts = ", ".join(f"{name} {len(rows)}" for name, rows in splits.items())
     say(f"prepared {params.data.source}: {counts} rows; base {source['id']} → {BASE_DIR}")
 
