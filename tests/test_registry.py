@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from conftest import commit_all, read_json, run, set_params, use_remote
+from tuneledger import kernels
 from tuneledger.hashing import sha256_file
 from tuneledger.s3local import configure_remote, free_port
 
@@ -302,6 +303,21 @@ def test_reproduce_rebuilds_a_version_to_the_same_content_id(registry_copy, tiny
     assert result["identical"] and result["differing"] == []
     assert result["rebuilt"] == manifest_at(registry_copy, f"{NAME}@v1.2.0")["content_id"]
     assert run("git", "worktree", "list", cwd=registry_copy).stdout.count("\n") == 1
+    # Rebuilt with other kernels (ATen's generic ones), as on a machine that rounds differently: the
+    # bytes differ, and the line says why, naming the CPUs, the setting and the first op that parts.
+    other = run(
+        "tuneledger",
+        "reproduce",
+        "v1.2.0",
+        cwd=registry_copy,
+        check=False,
+        env={"ATEN_CPU_CAPABILITY": "default"},
+    )
+    assert other.returncode == 1
+    why = next(line for line in other.stdout.splitlines() if line.strip().startswith("why:"))
+    assert "the kernels round differently" in why and "ATEN_CPU_CAPABILITY avx2 → default" in why
+    first = re.search(r"fingerprints part at `([^`]+)`", why).group(1)
+    assert first in kernels.fingerprint() and kernels.cpu_name() in why
 
 
 def test_secrets_never_reach_registry_tags(registry_copy):

@@ -357,7 +357,7 @@ def serve(
     max_connections: Annotated[int, typer.Option(help="Open connections before 503 at once.")] = 256,
     max_connections_per_client: Annotated[
         int | None,
-        typer.Option(help="Open connections one client address may hold; beyond, 429 (default 64)."),
+        typer.Option(help="Open connections one client address may hold; beyond, 429 (default 128)."),
     ] = None,
     shadow_queue: Annotated[int, typer.Option(help="Pending shadow requests before drops.")] = 64,
     log_prompts: Annotated[

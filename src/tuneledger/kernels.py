@@ -72,7 +72,8 @@ def describe() -> dict:
         "threads": torch.get_num_threads(),
         "settings": cpu_kernels(),
         "fingerprint_version": FINGERPRINT_VERSION,
-        "fingerprint": fingerprint(),
+        # [op, hash] pairs: a list keeps the order ops meet a training step through JSON that sorts keys
+        "fingerprint": [[op, digest] for op, digest in fingerprint().items()],
     }
 
 
@@ -84,8 +85,8 @@ def first_difference(ours: dict, theirs: dict) -> str | None:
         return "the fingerprint's op set (another TuneLedger version)"
     if ours.get("threads") != theirs.get("threads"):
         return f"the thread count ({ours.get('threads')} against {theirs.get('threads')})"
-    mine, other = ours.get("fingerprint", {}), theirs.get("fingerprint", {})
-    return next((op for op in mine if mine[op] != other.get(op)), None)
+    other = dict(theirs.get("fingerprint", []))
+    return next((op for op, digest in ours.get("fingerprint", []) if other.get(op) != digest), None)
 
 
 def _digest(tensor) -> str:

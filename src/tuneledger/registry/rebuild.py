@@ -26,10 +26,11 @@ class Reproduction:
     differing: list[str] = field(default_factory=list)  # model-defining files whose bytes changed
     built_on: str | None = None  # the CPU each side trained on
     rebuilt_on: str | None = None
-    # The first op whose kernel fingerprint differs between the two CPUs; None when they agree or
-    # when the version records no fingerprint (kernels_compared says which).
+    # The first op whose kernel fingerprint differs between the two machines; None when they agree
+    # or when the version records no fingerprint (kernels_compared says which).
     first_differing_op: str | None = None
     kernels_compared: bool = False
+    settings_changed: dict[str, list] = field(default_factory=dict)  # kernel setting → [built, rebuilt]
 
     @property
     def identical(self) -> bool:
@@ -42,10 +43,11 @@ class Reproduction:
                 "the version records no kernel fingerprint, so the two machines' kernels cannot be compared"
             )
         if self.first_differing_op:
+            settings = "; ".join(f"{k} {a} → {b}" for k, (a, b) in self.settings_changed.items())
             return (
-                f"the CPUs round differently: built on {self.built_on}, rebuilt on {self.rebuilt_on}, "
-                f"kernel fingerprints part at `{self.first_differing_op}`; byte identity holds only "
-                "between machines whose fingerprints agree"
+                f"the kernels round differently: built on {self.built_on}, rebuilt on {self.rebuilt_on}"
+                f"{f' ({settings})' if settings else ''}, fingerprints part at `{self.first_differing_op}`; "
+                "byte identity holds only between machines whose fingerprints agree"
             )
         return (
             f"both machines' kernel fingerprints agree ({self.built_on}; {self.rebuilt_on}), so this is a "
@@ -101,6 +103,10 @@ def _compare_kernels(result: Reproduction, resolved: Resolved, rebuilt_package: 
         result.kernels_compared = True
         result.built_on = original["cpu"]
         result.first_differing_op = kernels.first_difference(original, rebuilt)
+        before, after = original.get("settings", {}), rebuilt["settings"]
+        result.settings_changed = {
+            k: [before.get(k), after.get(k)] for k in after if before.get(k) != after.get(k)
+        }
 
 
 def _differing(resolved: Resolved, rebuilt_package: Path, rebuilt: manifest_format.Manifest) -> list[str]:

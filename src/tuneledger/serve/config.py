@@ -42,10 +42,10 @@ class ServeConfig:
     header_timeout: float = 10.0  # to receive a request's headers
     keep_alive: int = 5  # idle seconds before a kept-alive connection closes
     max_connections: int = 256  # beyond this uvicorn answers 503 at once
-    # Open connections one client address may hold (beyond: 429 and closed), below max_connections
+    # Open connections one client address may hold (beyond: 429 and closed), half of max_connections
     # so that one client cannot make every route answer 503. Behind a proxy every client has the
     # proxy's address: raise it to max_connections there and let the proxy limit per client.
-    max_connections_per_client: int = 64
+    max_connections_per_client: int = 128
     # the serving log
     db: Path = log.DEFAULT_DB
     log_prompts: bool = False

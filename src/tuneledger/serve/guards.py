@@ -202,7 +202,7 @@ class LimitedH11(H11Protocol):
     """
 
     header_timeout = 10.0
-    per_client = 64
+    per_client = 128
     open_by_address: Counter  # shared by the server's connections (one event loop)
 
     def connection_made(self, transport) -> None:
