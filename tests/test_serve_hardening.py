@@ -577,3 +577,37 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         )
     )
     return certificate_file, key_file
+
+
+def test_metrics_speak_prometheus_behind_the_key_and_name_the_version(hardened):
+    """`/metrics` counts requests, tokens, errors, latency, queue depth and batch sizes by the version
+    and content id that answered, and lists the resident versions (prod and its shadow)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = hardened["url"]
+    assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
+    answered = httpx.post(f"{url}/generate", json=PROMPT, headers=AUTH, timeout=60).json()
+    scraped = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10)
+    assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+    samples = [s for family in text_string_to_metric_families(scraped.text) for s in family.samples]
+
+    def value(name: str, **labels) -> float:
+        return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+    by = {"version": answered["version"], "content_id": answered["content_id"]}
+    assert value("tuneledger_requests_total", route="/generate", status="200", **by) >= 1
+    assert value("tuneledger_output_tokens_total", **by) >= 1
+    assert value("tuneledger_request_latency_seconds_count", route="/generate", **by) >= 1
+    assert value("tuneledger_batch_size_count") >= 1
+    assert any(s.name == "tuneledger_queue_depth" for s in samples)
+    assert value("tuneledger_refused_requests_total", status="401") >= 1
+    wait_until(lambda: shadow_state(hardened)["version"] is not None)
+    shadow = shadow_state(hardened)["version"]
+    text = httpx.get(f"{url}/metrics", headers=AUTH, timeout=10).text
+    resident = {
+        (s.labels["role"], s.labels["version"])
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tuneledger_resident_version"
+    }
+    assert resident == {("prod", "v1.0.0"), ("shadow", shadow)}

@@ -1,9 +1,10 @@
 """The HTTP API: answers from the stage's version, proves provenance, hot-swaps on reload.
 
-Routes: POST /generate (native), the OpenAI-compatible /v1 routes, GET /health, GET /version
-and POST /admin/reload. Every answer names its version and content id (body and X-TuneLedger-*
-headers). Around the routes, outermost first: the request log (every status), the host check,
-the cross-origin check (and CORS for --allow-origin), the bearer key, and JSON-only POSTs.
+Routes: POST /generate (native), the OpenAI-compatible /v1 routes, GET /health, GET /version,
+GET /metrics (Prometheus) and POST /admin/reload. Every answer names its version and content id
+(body and X-TuneLedger-* headers). Around the routes, outermost first: the request log (every
+status), the host check, the cross-origin check (and CORS for --allow-origin), the bearer key, and
+JSON-only POSTs.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from tuneledger.package.signature import SignatureViolation
 from tuneledger.progress import say
@@ -74,6 +75,11 @@ def native_router(server: Server) -> APIRouter:
     @router.get("/health")
     async def health() -> dict[str, Any]:
         return server.health()  # from memory, on the event loop: never queued behind the model
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        content, media_type = server.metrics.render()
+        return Response(content, media_type=media_type)
 
     @router.get("/version")
     async def version() -> dict[str, Any]:

@@ -57,7 +57,18 @@ class RequestLog:
     def _record(self, scope: Scope, facts: dict[str, Any], status: int, started: float) -> None:
         if "endpoint" not in scope and 400 <= status < 500:  # refused before any route: counted only
             self.server.writer.count_refusal(status, log.now())
+            self.server.metrics.refused.labels(str(status)).inc()
             return
+        seconds = time.perf_counter() - started
+        route = getattr(scope.get("route"), "path", scope["path"])  # the template: bounded label values
+        self.server.metrics.answered(
+            route,
+            status,
+            facts.get("version"),
+            facts.get("content_id"),
+            seconds,
+            facts.get("completion_tokens"),
+        )
         self.server.log_request(
             {
                 "time": log.now(),
@@ -67,7 +78,7 @@ class RequestLog:
                 "request_hash": facts.get("request_hash"),
                 "version": facts.get("version"),
                 "content_id": facts.get("content_id"),
-                "latency_ms": (time.perf_counter() - started) * 1000,
+                "latency_ms": seconds * 1000,
                 "finish_reason": facts.get("finish_reason"),
                 "error": facts.get("error"),
             },

@@ -28,6 +28,7 @@ from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.deployment import DeployFailed, Deployment, current_version, deploy
 from tuneledger.serve.errors import RequestRefused, from_validation, note
 from tuneledger.serve.guards import read_body
+from tuneledger.serve.metrics import ServerMetrics
 from tuneledger.serve.shadow import ShadowRunner
 
 
@@ -148,6 +149,7 @@ class Server:
         self.name, self.stage = config.name, config.stage
         self.writer = log.LogWriter(config.db, config.log_queue, config.log_retention_days, config.log_max_mb)
         self.queue = ModelQueue(config.max_queue)
+        self.metrics = ServerMetrics(queue_depth=lambda: self.queue.admitted, resident=self.resident_versions)
         self._reload_lock = threading.Lock()
         self.last_reload: dict[str, Any] | None = None
         self.current: Deployment = deploy(config.name, config.stage, config.cache)
@@ -166,6 +168,13 @@ class Server:
             else None
         )
         _exempt_loaded_objects_from_gc()
+
+    def resident_versions(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(role, stage, version, content id) of each version loaded now."""
+        loaded = [("prod", self.current.stage, self.current.version, self.current.content_id)]
+        if self.shadow is not None:
+            loaded.append(("shadow", self.shadow.stage, self.shadow.version, self.shadow.content_id))
+        return loaded
 
     def record_event(
         self, event: str, role: str, stage: str, version: str | None, content_id: str | None, error=None
@@ -188,6 +197,7 @@ class Server:
         self.queue.admit()
         loop = asyncio.get_running_loop()
         job = deployment.executor.submit(self._generate, deployment, query, interrupt, streamer)
+        self.metrics.batch_size.observe(1)  # the model answers one request per call
 
         def release(done: concurrent.futures.Future) -> None:
             # When the model is really free (not when the client is answered), on the event loop.
@@ -276,7 +286,12 @@ class Server:
     def finished(self, call: Call, completion: Completion) -> None:
         """Note the answer for the log and hand the request to the shadow (never waits)."""
         latency_ms = (time.perf_counter() - call.started) * 1000
-        note(call.request.scope, output=completion.text, finish_reason=completion.finish_reason)
+        note(
+            call.request.scope,
+            output=completion.text,
+            finish_reason=completion.finish_reason,
+            completion_tokens=completion.completion_tokens,
+        )
         if self.shadow is None:
             return
         query = call.query
