@@ -161,5 +161,6 @@ def test_another_launch_setting_is_another_configuration(default_run, chosen_che
     assert other["config_id"] != chosen_checkpoints["as run"]["config_id"]
     assert other["resume"] is None  # every sealed checkpoint of the run is refused
     root = default_run / "models/checkpoints"
-    assert all((c / SEAL).is_file() for c in checkpoint_dirs(root)), "every checkpoint of the run is sealed"
+    sealed = [(c / SEAL).is_file() for c in checkpoint_dirs(root)]
+    assert sealed and all(sealed), "the run left checkpoints, every one of them sealed"
     assert select_resumable(root, other["config_id"], remove=False) == (None, checkpoint_dirs(root))

@@ -150,3 +150,14 @@ def test_a_launcher_is_never_free_shell_text(launcher, rule):
     with pytest.raises(TuneLedgerError) as refused:
         validate_params(with_value("train.launcher", launcher))
     assert f"params.yaml: train.launcher: {rule}" in str(refused.value)
+
+
+def test_a_late_checked_name_is_refused_before_stale_checkpoints_are_removed(trained_repo):
+    """Another rank makes the run's checkpoints stale; an unknown scheduler must stop the stage before
+    anything is removed, so fixing the typo and reverting the rank resumes as before."""
+    checkpoints = sorted(p.name for p in (trained_repo / "models/checkpoints").iterdir())
+    assert checkpoints
+    set_params(trained_repo, **{"lora.r": 4, "train.lr_scheduler": "cosine_typo"})
+    done = run("dvc", "repro", "train", cwd=trained_repo, check=False)
+    assert done.returncode != 0 and "train.lr_scheduler" in done.stderr + done.stdout
+    assert sorted(p.name for p in (trained_repo / "models/checkpoints").iterdir()) == checkpoints

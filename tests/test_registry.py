@@ -306,18 +306,17 @@ def test_reproduce_rebuilds_a_version_to_the_same_content_id(registry_copy, tiny
     # Rebuilt with other kernels (ATen's generic ones), as on a machine that rounds differently: the
     # bytes differ, and the line says why, naming the CPUs, the setting and the first op that parts.
     other = run(
-        "tuneledger",
-        "reproduce",
-        "v1.2.0",
-        cwd=registry_copy,
-        check=False,
+        "tuneledger", "reproduce", "v1.2.0", "--json", cwd=registry_copy, check=False,
         env={"ATEN_CPU_CAPABILITY": "default"},
-    )
+    )  # fmt: skip
     assert other.returncode == 1
-    why = next(line for line in other.stdout.splitlines() if line.strip().startswith("why:"))
+    result = json.loads(other.stdout)
+    assert not result["identical"] and result["kernels_compared"]
+    assert result["settings_changed"]["ATEN_CPU_CAPABILITY"] == ["avx2", "default"]
+    assert result["first_differing_op"] in kernels.fingerprint()
+    why = result["explanation"]
     assert "the kernels round differently" in why and "ATEN_CPU_CAPABILITY avx2 → default" in why
-    first = re.search(r"fingerprints part at `([^`]+)`", why).group(1)
-    assert first in kernels.fingerprint() and kernels.cpu_name() in why
+    assert f"`{result['first_differing_op']}`" in why and kernels.cpu_name() in why
 
 
 def test_secrets_never_reach_registry_tags(registry_copy):

@@ -121,7 +121,7 @@ def _ops(generator) -> dict[str, str]:
 
 def _matmuls(normal) -> dict[str, str]:
     import torch
-    import torch.nn.functional as functional
+    from torch.nn import functional
 
     ops = {}
     # The shapes of a small GPT-2 step (width 128, vocab 2048), a LoRA
@@ -139,7 +139,7 @@ def _matmuls(normal) -> dict[str, str]:
 
 def _elementwise(normal) -> dict[str, str]:
     import torch
-    import torch.nn.functional as functional
+    from torch.nn import functional
 
     h = normal(8, 64, 128)
     return {
@@ -155,7 +155,7 @@ def _elementwise(normal) -> dict[str, str]:
 
 def _backward_and_optimizer(normal, generator) -> dict[str, str]:
     import torch
-    import torch.nn.functional as functional
+    from torch.nn import functional
 
     ops = {}
     emb = normal(2048, 128).requires_grad_()

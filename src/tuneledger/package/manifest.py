@@ -12,12 +12,12 @@ from pathlib import Path, PurePosixPath
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import canonical_json, sha256_bytes, sha256_files
-from tuneledger.package.files import ADAPTER_CONFIG, PICKLE_SUFFIXES
+from tuneledger.package.files import ADAPTER_CONFIG, METADATA, PICKLE_SUFFIXES, SIGNATURE
 from tuneledger.package.safetensors_io import tensor_digest
 
 SCHEMA_VERSION = 1
 # Files that describe a version rather than define the model; they stay out of the content id.
-DESCRIPTIVE_FILES = frozenset({"README.md", "metadata.json", "signature.json", "requirements.txt"})
+DESCRIPTIVE_FILES = frozenset({"README.md", METADATA, SIGNATURE, "requirements.txt"})
 # peft keeps these as sets and writes them in set order, which changes with PYTHONHASHSEED from
 # one process to the next; their order means nothing. (`layers_to_transform` is ordered: kept.)
 UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "feedforward_modules")

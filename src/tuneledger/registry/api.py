@@ -20,6 +20,7 @@ from tuneledger import git
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import EXPORT_DIR, MANIFEST_FILE, manifest_path_for
 from tuneledger.package import comparison, weights
+from tuneledger.package.files import METADATA
 from tuneledger.package.manifest import Manifest
 from tuneledger.package.verify import verify
 from tuneledger.params import load_params
@@ -174,7 +175,7 @@ def register(
                 f"register refused: {len(missing)} output object(s) are not on the remote; "
                 "run `dvc push` first, or pass --push"
             )
-        meta = metadata_format.read(artifact.path / "metadata.json")
+        meta = metadata_format.read(artifact.path / METADATA)
         info = {
             "action": "register",
             "content_id": checked.content_id,

@@ -17,6 +17,7 @@ from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
 from tuneledger.package import metadata as metadata_format
+from tuneledger.package.files import METADATA
 from tuneledger.package.verify import VerificationFailed, find_problems
 from tuneledger.publication import Publication, roll_forward
 from tuneledger.registry import remote, tags
@@ -91,7 +92,7 @@ def download_verified(resolved: Resolved, dest: Path, names: list[str]) -> Path:
 
 def _fetch_base(resolved: Resolved, package: Path, dest: Path) -> None:
     """The base model snapshot of that commit, checked against the digest in the verified metadata."""
-    expected = metadata_format.read(package / "metadata.json")["base_model"]
+    expected = metadata_format.read(package / METADATA)["base_model"]
     doing = f"downloading the base model of {resolved.version}"
     remote.download(resolved.commit, BASE_DIR.as_posix(), dest, doing=doing)
     digest, files = tree_digest(dest)
@@ -156,7 +157,7 @@ def _is_manifest(path: Path) -> bool:
 def _previous_base(out: Path, base: Path) -> bool:
     """`base` holds exactly the base files that the earlier fetch's metadata names."""
     try:
-        expected = metadata_format.read(out / "metadata.json")["base_model"]["files"]
+        expected = metadata_format.read(out / METADATA)["base_model"]["files"]
     except (TuneLedgerError, OSError, KeyError, TypeError, ValueError):
         return False
     return base.is_dir() and not base.is_symlink() and _files_under(base) == set(expected)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 from tuneledger import data, evaluation, modeling
-from tuneledger.fsutil import write_text_atomic
 from tuneledger.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, PREPARED_DIR
 from tuneledger.params import Params
 from tuneledger.progress import say
+from tuneledger.publication import Publication
 from tuneledger.stages import stage_entry
 
 METRICS = ("loss", "perplexity", "exact_match")
+METRICS_FILE, COMPARISON_FILE = EVAL_RESULTS / "metrics.json", EVAL_RESULTS / "comparison.json"
 
 
 def run(params: Params) -> dict:
@@ -28,9 +29,10 @@ def run(params: Params) -> dict:
     # metrics.json keeps its contract (loss, perplexity, exact match per model); the share of answers
     # that ended by themselves is a property of generation, shown beside them in comparison.json.
     contract = {name: {k: v for k, v in values.items() if k in METRICS} for name, values in metrics.items()}
-    write_text_atomic(EVAL_RESULTS / "metrics.json", json.dumps(contract, indent=2) + "\n")
     comparison = [{"model": name, **values} for name, values in metrics.items()]
-    write_text_atomic(EVAL_RESULTS / "comparison.json", json.dumps(comparison, indent=2) + "\n")
+    with Publication(METRICS_FILE, COMPARISON_FILE) as outputs:  # both published together, or neither
+        outputs.staged_file(METRICS_FILE).write_text(json.dumps(contract, indent=2) + "\n")
+        outputs.staged_file(COMPARISON_FILE).write_text(json.dumps(comparison, indent=2) + "\n")
     for name, values in metrics.items():
         say(
             f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "

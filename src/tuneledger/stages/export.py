@@ -22,7 +22,7 @@ from tuneledger.layout import (
     TRAIN_SUMMARY,
 )
 from tuneledger.package import card, environment, manifest, metadata, signature
-from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG, METADATA, SIGNATURE
 from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
 from tuneledger.params import Params
@@ -113,9 +113,9 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         environment=env,
     )
     base_config = json.loads((BASE_DIR / "config.json").read_text())
-    (staged / "metadata.json").write_text(metadata.to_json(record))
+    (staged / METADATA).write_text(metadata.to_json(record))
     signature_record = _signature(params, base_config, conversational=bool(base.get("chat_template")))
-    (staged / "signature.json").write_text(json.dumps(signature_record, indent=2) + "\n")
+    (staged / SIGNATURE).write_text(json.dumps(signature_record, indent=2) + "\n")
     (staged / "README.md").write_text(card.render(record))
     (staged / "requirements.txt").write_text(environment.requirements_txt(env["packages"]))
     for path in staged.rglob("*"):  # libraries write some files 0600; a package is world-readable

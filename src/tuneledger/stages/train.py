@@ -41,10 +41,10 @@ if TYPE_CHECKING:  # for annotations: the functions below import these libraries
 
 def run(params: Params) -> dict:
     """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
+    check_train_params(params)  # before stale checkpoints are removed: a refused run changes nothing
     primary = is_main_process()
     config = config_id(params)
     resume = _resumable_checkpoint(config, primary)
-    check_train_params(params)
     if world_size() == 1:
         kernels.pin_cpu_threads(params.train.cpu_threads)
 
@@ -94,7 +94,7 @@ def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict]) 
     tokenizer = modeling.load_tokenizer(BASE_DIR)
     trainer = SFTTrainer(
         model=adapted_model(params),
-        args=sft_config(params, assistant_only_loss=assistant_masks(params, tokenizer, train_rows)),
+        args=sft_config(params, assistant_only_loss=trl_masks_assistant_turns(params, tokenizer, train_rows)),
         train_dataset=training_dataset(params, tokenizer, train_rows),
         eval_dataset=training_dataset(params, tokenizer, val_rows),
         processing_class=tokenizer,
@@ -205,7 +205,7 @@ def _unknown_targets(targets, model) -> str | None:
     )
 
 
-def assistant_masks(params: Params, tokenizer, rows: list[dict]) -> bool:
+def trl_masks_assistant_turns(params: Params, tokenizer, rows: list[dict]) -> bool:
     """Whether trl masks non-assistant tokens of `messages` rows through the template's markers."""
     return bool(
         params.train.assistant_only_loss
