@@ -1,5 +1,6 @@
-"""The server's boundary: who may call (bearer key, origin), what they may send (JSON, bounded in
-size and time), and that every request, refused or answered, is logged with its status.
+"""The server's boundary: who may call (bearer key, origin, connections per address), what they may
+send (JSON, bounded in size and time), and that every request is accounted for: a row with its
+status for each one that reached a route, a count per minute and status for each refused before.
 
 The host check and CORS are Starlette's own middleware (see app.py). What is here has no library
 equivalent: Starlette's CORS middleware adds headers but still runs a cross-origin request, so a
@@ -27,7 +28,8 @@ OPEN_PATHS = ("/health",)  # answered without a key: load balancers probe it
 
 
 class RequestLog:
-    """Outermost: times every request and writes its row with the status it really got."""
+    """Outermost: times every request and accounts for it with the status it really got (a log row
+    and metrics when it reached a route; a refusal count when it did not)."""
 
     def __init__(self, app: ASGIApp, server):
         self.app, self.server = app, server
