@@ -252,10 +252,11 @@ def registry(variant, s3, tmp_path_factory):
     run("dvc", "checkout", "--force", cwd=repo)
     commit_all(repo, "rank 4")
     log["register_v2"] = run("tuneledger", "register", "--push", cwd=repo).stdout
-    # Rank 4 scores a held-out loss of about 0.027 against rank 8's 0.023 on the tiny base: 19% worse
-    # relatively, 0.004 absolutely. This registry accepts that trade (half the adapter) explicitly.
-    set_params(repo, **{"registry.tolerance": 0.25})
-    commit_all(repo, "registry: accept a 25% worse loss")
+    # Rank 4 scores a somewhat worse held-out loss than rank 8 on the tiny base: 6% here (0.0203 against
+    # 0.0191), 19% before the default's learning rate changed. The figure follows the machine's
+    # training trajectory, so this registry accepts up to 50% explicitly (half the adapter's size).
+    set_params(repo, **{"registry.tolerance": 0.5})
+    commit_all(repo, "registry: accept a 50% worse loss")
     log["promote_v2"] = run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo).stdout
     log["rollback"] = run(
         "tuneledger", "rollback", "--stage", "prod", "--reason", "wrong answers", cwd=repo
