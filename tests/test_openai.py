@@ -101,7 +101,12 @@ def test_completions_and_models(client, chat_served):
         client.completions.create(model="lora-adapter", prompt="reverse: a b", max_tokens=4, stream=True)
     )
     assert streamed and all(c.model == "lora-adapter@v1.0.0" for c in streamed)
-    assert {m.id for m in client.models.list()} == {"lora-adapter", "lora-adapter@v1.0.0"}
+    listed = {m.id: m.tuneledger["version"] for m in client.models.list()}
+    assert listed == {
+        "lora-adapter": "v1.0.0",
+        "lora-adapter@prod": "v1.0.0",
+        "lora-adapter@v1.0.0": "v1.0.0",
+    }
 
 
 def test_stop_strings_cut_the_answer(client):
@@ -159,7 +164,7 @@ def test_bad_requests_get_422_naming_the_field(client, change, field):
 def test_an_unknown_model_gets_404(client):
     from openai import NotFoundError
 
-    with pytest.raises(NotFoundError, match="lora-adapter@v1.0.0"):
+    with pytest.raises(NotFoundError, match="lora-adapter@STAGE, lora-adapter@vX.Y.Z"):
         client.chat.completions.create(model="gpt-4o", messages=QUESTION)
 
 

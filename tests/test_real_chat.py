@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import commit_all, copy_repo, make_repo, read_json, run, serving, set_params, use_remote
+from conftest import (
+    commit_all,
+    copy_repo,
+    make_repo,
+    read_json,
+    register_forged_version,
+    run,
+    serving,
+    set_params,
+    use_remote,
+)
 from test_chat import collated_spans
-from tuneledger import tasks
+from tuneledger import chat, tasks
+from tuneledger.serve.log import DEFAULT_DB
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +42,7 @@ def smollm2_run(smollm2, tmp_path_factory):
         repo,
         **{"model.base": str(smollm2), "data.source": "data/raw/chat.jsonl", "lora.target_modules": "auto"},
         **{f"train.{key}": value for key, value in TRAIN.items()},
-        **{"eval.batch_size": 12, "eval.max_new_tokens": 12},
+        **{"eval.batch_size": 12, "eval.max_new_tokens": 12, "export.max_new_tokens": 64},
     )
     run("dvc", "repro", cwd=repo)
     return repo
@@ -91,26 +106,149 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
     assert str(weight.dtype) == "torch.float32" and tuple(weight.shape) == (576, 576)
 
 
-def test_registered_and_served_to_the_openai_client(smollm2_run, s3, tmp_path):
-    """The tuned SmolLM2 registered, promoted and served: the real `openai` client gets the answer the
-    package gives locally, whole and streamed, ending at <|im_end|>."""
-    from openai import OpenAI
+KEY = "smollm2-key-0123456789"
 
-    repo = copy_repo(smollm2_run, tmp_path / "repo", share_cached=True)
+
+@pytest.fixture(scope="module")
+def smollm2_served(smollm2_run, s3, tmp_path_factory):
+    """The tuned SmolLM2 registered as v1.0.0 and promoted to prod, v1.1.0 beside it (its LoRA B
+    negated: another adapter on the same base), both served by one server."""
+    repo = copy_repo(smollm2_run, tmp_path_factory.mktemp("smollm2-served") / "repo", share_cached=True)
+    scored = read_json(repo / "results/evaluate/answers.json")
     use_remote(repo, s3, "smollm2")
     commit_all(repo, "SmolLM2 tuned on chats")
     run("tuneledger", "register", "--push", cwd=repo)
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
-    messages = [{"role": "user", "content": "reverse: owl fox bee"}]
-    (tmp_path / "messages.json").write_text(json.dumps(messages))
-    local = run("tuneledger", "generate", "models/export", "--messages", tmp_path / "messages.json", cwd=repo)
-    with serving(repo, api_key="smollm2-key-0123456789") as url:
-        client = OpenAI(base_url=f"{url}/v1", api_key="smollm2-key-0123456789", max_retries=0, timeout=120)
-        reply = client.chat.completions.create(model="lora-adapter", messages=messages, max_tokens=12)
-        streamed = client.chat.completions.create(
-            model="lora-adapter", messages=messages, max_tokens=12, stream=True
+    local = {}
+    for question in QUESTIONS:
+        (repo / "messages.json").write_text(json.dumps(question))
+        local[question[0]["content"]] = run(
+            "tuneledger", "generate", "models/export", "--messages", "messages.json", cwd=repo
+        ).stdout.strip()
+    (repo / "messages.json").unlink()
+    other = register_forged_version(repo, -1.0)
+    with serving(repo, api_key=KEY) as url:
+        yield {"repo": repo, "url": url, "local": local, "scored": scored, "other": other}
+
+
+QUESTIONS = [
+    [{"role": "user", "content": "reverse: owl fox bee"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "user", "content": "reverse: red"}],
+    [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Name three colours and say why people like each of them."},
+    ],
+]
+
+
+def openai_client(served):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{served['url']}/v1", api_key=KEY, max_retries=0, timeout=300)
+
+
+def converse(served, messages, model="lora-adapter", max_tokens=12, stream=False):
+    client = openai_client(served)
+    if not stream:
+        reply = client.chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=0
         )
-        pieces = [chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices]
-    assert reply.choices[0].finish_reason == "stop" and reply.model == "lora-adapter@v1.0.0"
-    assert reply.choices[0].message.content.strip() == local.stdout.strip() != ""
-    assert "".join(pieces).strip() == local.stdout.strip()
+        return reply.choices[0].message.content, reply.model, reply.choices[0].finish_reason
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return (
+        text,
+        chunks[0].model,
+        next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason),
+    )
+
+
+def test_registered_and_served_to_the_openai_client(smollm2_served):
+    """The real `openai` client gets the answer the package gives locally (`tuneledger generate`),
+    whole and streamed, ending at <|im_end|>."""
+    question = QUESTIONS[0]
+    local = smollm2_served["local"][question[0]["content"]]
+    text, model, finish = converse(smollm2_served, question)
+    assert finish == "stop" and model == "lora-adapter@v1.0.0"
+    assert text.strip() == local != ""
+    assert converse(smollm2_served, question, stream=True)[0].strip() == local
+
+
+def test_greedy_answers_batched_equal_each_alone_across_versions(smollm2_served):
+    """Two versions, four prompts of mixed lengths, 8 to 64 tokens, streamed and not: sent all at
+    once they share batches and each answer equals the same request answered alone."""
+    versions = ["lora-adapter@v1.0.0", f"lora-adapter@{smollm2_served['other']}"]
+    jobs = [
+        (version, i, (8, 24, 64, 40)[i], (i + j) % 2 == 0)
+        for j, version in enumerate(versions)
+        for i in range(len(QUESTIONS))
+    ]
+
+    def ask(job):
+        version, question, max_tokens, stream = job
+        return converse(smollm2_served, QUESTIONS[question], version, max_tokens, stream)[:2]
+
+    alone = [ask(job) for job in jobs]
+    start = threading.Barrier(len(jobs))
+
+    def together(job):
+        start.wait()
+        return ask(job)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        batched = list(pool.map(together, jobs))
+    assert batched == alone
+    assert {model for _, model in alone} == set(versions)
+    assert [a for a, _ in alone[:4]] != [a for a, _ in alone[4:]]  # each version answers as itself
+
+
+def test_the_server_answers_what_evaluate_scored(smollm2_served):
+    """One decoding path: test conversations sent concurrently get the answers evaluate scored."""
+    rows = [
+        json.loads(line)
+        for line in (smollm2_served["repo"] / "data/prepared/test.jsonl").read_text().splitlines()
+    ]
+    sample = smollm2_served["scored"][:8]
+
+    def ask(scored):
+        turns, _ = chat.prompt_and_answer(rows[scored["row"]])
+        return converse(smollm2_served, turns, "lora-adapter@v1.0.0", 12)[0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        served = list(pool.map(ask, sample))
+    assert served == [row["answer"] for row in sample]
+
+
+def test_a_client_leaving_mid_batch_stops_only_its_own_row(smollm2_served):
+    """Two long answers in one batch; one client reads a chunk and leaves. Its row stops (logged
+    499), the other runs to its end and equals its answer alone."""
+    import httpx
+
+    stay = (QUESTIONS[3], 64)
+    alone = converse(smollm2_served, *stay)[0]
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"model": "lora-adapter", "messages": QUESTIONS[1], "max_tokens": 64, "stream": True}
+    result = {}
+
+    def staying():
+        result["text"] = converse(smollm2_served, *stay)[0]
+
+    other = threading.Thread(target=staying)
+    with httpx.stream(
+        "POST", f"{smollm2_served['url']}/v1/chat/completions", json=body, headers=headers, timeout=300
+    ) as leaving:
+        other.start()
+        lines = leaving.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+    other.join(timeout=300)
+    assert result["text"] == alone
+    db = sqlite3.connect(smollm2_served["repo"] / DEFAULT_DB)
+    deadline = time.monotonic() + 30
+    while not db.execute("SELECT COUNT(*) FROM requests WHERE status = 499").fetchone()[0]:
+        assert time.monotonic() < deadline, "the abandoned stream was not logged as 499"
+        time.sleep(0.2)

@@ -18,6 +18,7 @@ import pytest
 from conftest import commit_all, copy_repo, run, set_params
 from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.s3local import free_port
+from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.log import DEFAULT_DB
 
 PROMPT = {"prompt": "reverse: red cat sun =>"}
@@ -84,7 +85,8 @@ def test_answers_from_prod_and_names_the_version(served):
     assert reply.headers["X-TuneLedger-Content-Id"] == body["content_id"]
     health = httpx.get(f"{served['url']}/health").json()
     assert (health["status"], health["version"], health["content_id"]) == ("ok", "v1.0.0", body["content_id"])
-    assert health["log"]["healthy"] and health["queue"]["capacity"] == 17
+    defaults = ServeConfig()
+    assert health["log"]["healthy"] and health["queue"]["capacity"] == defaults.max_queue + defaults.max_batch
     version = httpx.get(f"{served['url']}/version").json()
     assert version["stage"] == "prod" and version["shadow"]["stage"] == "staging"
 
@@ -205,7 +207,7 @@ def test_hot_swap_under_load_after_promote_and_rollback(served):
     try:
         run("tuneledger", "promote", "v1.1.0", "--stage", "prod", cwd=repo)
         swapped = httpx.post(f"{url}/admin/reload", json={}, timeout=120).json()
-        assert swapped["changed"] and swapped["version"] == "v1.1.0"
+        assert swapped["version"] == "v1.1.0"  # live at once; the registry watch may have been first
         time.sleep(0.5)
         run("tuneledger", "rollback", "--stage", "prod", "--reason", "canary regression", cwd=repo)
         served["proc"].send_signal(signal.SIGHUP)

@@ -1,6 +1,7 @@
-"""One request's generation on its own: stopped at its deadline or when cancelled (checked per
-token inside transformers' generate), and cut at stop strings without ever streaming part of one.
-A small GPT-2 with random weights is enough: what matters is where generation stops."""
+"""Decoding, the one path of evaluation, the CLI and the server: a request stopped at its deadline
+or when cancelled (checked before every token), cut at stop strings without ever streaming part of
+one, and a row of a batch answered as it would be alone, with its own limit, seed and interrupt.
+A small GPT-2 with random weights is enough: what matters is where and how generation stops."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import threading
 import time
 
 import pytest
+import torch
 
+from tuneledger.generation import Interrupt, Interrupted, Row, StopScanner, decode
 from tuneledger.package import signature
-from tuneledger.predict import Interrupt, Interrupted, Predictor, StopScanner
+from tuneledger.predict import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +73,64 @@ def test_stop_strings_are_cut_and_never_streamed_in_part():
     assert streamed == ["sun c", "at ", "", ""] and scanner.stopped and scanner.flush() == ""
     held = StopScanner(("END",))
     assert held.feed("red E") == "red " and held.feed("N") == "" and held.flush() == "EN"
+
+
+def rows_for(predictor, prompts_and_limits, **options) -> list[Row]:
+    return [
+        Row(predictor.tokenizer(prompt)["input_ids"], limit, [], predictor.tokenizer, **options)
+        for prompt, limit in prompts_and_limits
+    ]
+
+
+MIXED = [("red cat", 12), ("reverse: red cat sun => sun", 5), ("sun", 20), ("cat red red cat sun", 1)]
+
+
+def test_greedy_rows_of_a_batch_answer_as_each_alone(predictor):
+    batched = decode(predictor.model, rows_for(predictor, MIXED))
+    alone = [decode(predictor.model, [row])[0] for row in rows_for(predictor, MIXED)]
+    assert [d.token_ids for d in batched] == [d.token_ids for d in alone]
+    assert [len(d.token_ids) for d in batched] == [limit for _, limit in MIXED]
+    assert len({tuple(d.token_ids) for d in batched}) > 1  # the rows really differ
+
+
+def test_a_seed_seeds_its_rows_own_generator_and_never_the_process_wide_one(predictor):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    sampled = rows_for(predictor, MIXED[:2], temperature=1.0, seed=7)
+    batched = decode(predictor.model, [*sampled, *rows_for(predictor, MIXED[2:], temperature=1.0)])
+    alone = decode(predictor.model, rows_for(predictor, MIXED[:1], temperature=1.0, seed=7))
+    assert batched[0].token_ids == alone[0].token_ids
+    assert torch.equal(torch.random.get_rng_state(), before)
+    unseeded = [decode(predictor.model, rows_for(predictor, MIXED[:1], temperature=1.0))[0] for _ in range(3)]
+    assert len({tuple(d.token_ids) for d in unseeded}) > 1
+
+
+def test_a_row_cancelled_inside_a_batch_leaves_it_and_the_rest_go_on(predictor):
+    rows = rows_for(predictor, [("red cat", 40), ("sun", 160), ("cat", 30)])
+    seen = []
+
+    def cancel_the_second_after_three_tokens(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 3:
+            rows[1].interrupt.cancel()
+
+    rows[0].on_text = cancel_the_second_after_three_tokens
+    ended = []
+    for row in rows:
+        row.on_end = ended.append
+    batched = decode(predictor.model, rows)
+    assert batched[1].interrupted == "cancelled" and len(batched[1].token_ids) <= 4
+    assert [len(batched[0].token_ids), len(batched[2].token_ids)] == [40, 30]
+    alone = decode(predictor.model, rows_for(predictor, [("cat", 30)]))[0]
+    assert batched[2].token_ids == alone.token_ids
+    assert ended[0] is batched[1]  # handed over the moment it left, before the others ended
+
+
+def test_a_row_past_its_deadline_inside_a_batch_leaves_it_and_the_rest_go_on(predictor):
+    rows = rows_for(predictor, [("red cat", 160), ("sun", 30)])
+    rows[0].interrupt = Interrupt(deadline=time.monotonic() + 0.05)
+    rows[1].on_text = lambda text: time.sleep(0.002)  # a slower model: the deadline falls mid-batch
+    late, on_time = decode(predictor.model, rows)
+    assert late.interrupted == "deadline" and 0 < len(late.token_ids) < 160
+    assert on_time.interrupted is None and len(on_time.token_ids) == 30
+    assert on_time.token_ids == decode(predictor.model, rows_for(predictor, [("sun", 30)]))[0].token_ids

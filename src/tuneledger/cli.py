@@ -177,7 +177,19 @@ def promote(
     require_shadow_agreement: Annotated[
         float | None, typer.Option(help="Also require this exact agreement of VERSION as a shadow (0–1).")
     ] = None,
-    db: Annotated[Path | None, typer.Option(help="Serving log holding the shadow pairs.")] = None,
+    require_canary: Annotated[
+        bool,
+        typer.Option(
+            "--require-canary",
+            help="Also require that VERSION, as `serve --canary`'s arm, did no worse than the stable arm.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="Read the serving log from this time on (90m, 24h, 2025-01-31T12:00).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option(help="Serving log holding the shadow pairs and canary arms.")
+    ] = None,
 ) -> None:
     """Run the gate, then point STAGE at VERSION."""
     result = api.promote(
@@ -188,6 +200,8 @@ def promote(
         reason=reason,
         require_shadow_agreement=require_shadow_agreement,
         db=db,
+        require_canary=require_canary,
+        since=since,
     )
     _table(
         f"gate for {name} {version} → {stage}",
@@ -310,13 +324,40 @@ def reproduce(
 
 
 # --- serving --------------------------------------------------------------------------------
+def _default(field: str) -> str:
+    """A serve option's help suffix, from ServeConfig: the one place the defaults are written."""
+    return f" (default {getattr(api.SERVE_DEFAULTS, field)})"
+
+
 @command()
 def serve(
-    stage: Annotated[str, typer.Option(help="Stage whose version answers.")] = "prod",
+    stage: Annotated[
+        str | None, typer.Option(help="Stage the bare name follows." + _default("stage"))
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(help="STAGE:PERCENT: that share of the followed name's requests, sticky per user."),
+    ] = None,
     shadow: Annotated[str | None, typer.Option(help="Stage whose version shadows every request.")] = None,
-    name: NameOption = DEFAULT_NAME,
-    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 8000,
+    name: Annotated[str | None, typer.Option(help="Artifact name." + _default("name"))] = None,
+    max_versions: Annotated[
+        int | None, typer.Option(help="Versions resident on one base, LRU." + _default("max_versions"))
+    ] = None,
+    sync_seconds: Annotated[
+        float | None,
+        typer.Option(help="A stage move is live within this; 0: on reload only." + _default("sync_seconds")),
+    ] = None,
+    batch_window_ms: Annotated[
+        float | None,
+        typer.Option(help="Requests this close together generate together." + _default("batch_window_ms")),
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Requests in one batch." + _default("max_batch"))
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind, loopback by default." + _default("host"))
+    ] = None,
+    port: Annotated[int | None, typer.Option(help=_default("port"))] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
@@ -341,25 +382,46 @@ def serve(
         list[str] | None,
         typer.Option(help="Let web pages from this origin call the API (repeatable).", show_default=False),
     ] = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Where fetched versions are kept.")] = None,
-    max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 64 * 1024,
+    db: Annotated[Path | None, typer.Option(help="SQLite serving log." + _default("db"))] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Where fetched versions are kept." + _default("cache"))
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Larger request bodies get 413." + _default("max_body"))
+    ] = None,
     max_queue: Annotated[
-        int, typer.Option(help="Requests that may wait for the model; beyond, 503 with Retry-After.")
-    ] = 16,
+        int | None,
+        typer.Option(
+            help="Requests that may wait beyond a batch; then 503 with Retry-After." + _default("max_queue")
+        ),
+    ] = None,
     request_timeout: Annotated[
-        float, typer.Option(help="Seconds from admission to the answer; then 504 and the model stops.")
-    ] = 60.0,
-    body_timeout: Annotated[float, typer.Option(help="Seconds to receive a request body; then 408.")] = 10.0,
+        float | None,
+        typer.Option(help="Seconds from admission to the answer; then 504." + _default("request_timeout")),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to receive a request body; then 408." + _default("body_timeout")),
+    ] = None,
     header_timeout: Annotated[
-        float, typer.Option(help="Seconds to receive a request's headers; then the connection closes.")
-    ] = 10.0,
-    max_connections: Annotated[int, typer.Option(help="Open connections before 503 at once.")] = 256,
+        float | None,
+        typer.Option(
+            help="Seconds to receive a request's headers; then it closes." + _default("header_timeout")
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None, typer.Option(help="Open connections before 503 at once." + _default("max_connections"))
+    ] = None,
     max_connections_per_client: Annotated[
         int | None,
-        typer.Option(help="Open connections one client address may hold; beyond, 429 (default 128)."),
+        typer.Option(
+            help="Open connections one client address may hold; then 429."
+            + _default("max_connections_per_client")
+        ),
     ] = None,
-    shadow_queue: Annotated[int, typer.Option(help="Pending shadow requests before drops.")] = 64,
+    shadow_queue: Annotated[
+        int | None, typer.Option(help="Pending shadow requests before drops." + _default("shadow_queue"))
+    ] = None,
     log_prompts: Annotated[
         bool,
         typer.Option(
@@ -368,25 +430,36 @@ def serve(
     ] = False,
     log_retention_days: Annotated[
         float | None,
-        typer.Option(help="Delete request and shadow rows older than this (default 30; 0 keeps them)."),
+        typer.Option(
+            help="Delete request and shadow rows older than this; 0 keeps them."
+            + _default("log_retention_days")
+        ),
     ] = None,
     log_max_mb: Annotated[
         float | None,
         typer.Option(
-            help="Delete the oldest request and shadow rows beyond this size (default 1024; 0: no cap)."
+            help="Delete the oldest request and shadow rows beyond this size; 0: no cap."
+            + _default("log_max_mb")
         ),
     ] = None,
     log_queue: Annotated[
-        int, typer.Option(help="Log rows held in memory before new ones are dropped.")
-    ] = 10_000,
+        int | None,
+        typer.Option(help="Log rows held in memory before new ones are dropped." + _default("log_queue")),
+    ] = None,
 ) -> None:
-    """Serve STAGE's verified version over HTTP; POST /admin/reload or SIGHUP picks up a new one."""
+    """Serve the registry's versions over HTTP: the `model` field picks one (NAME, NAME@STAGE,
+    NAME@vX.Y.Z, a content-id prefix); stage moves are followed, POST /admin/reload or SIGHUP at once."""
     api.serve(
         name=name,
         stage=stage,
+        canary=canary,
         shadow=shadow,
         cache=cache,
         shadow_queue=shadow_queue,
+        max_versions=max_versions,
+        sync_seconds=sync_seconds,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
         host=host,
         port=port,
         api_key=api_key,
@@ -408,6 +481,52 @@ def serve(
         log_retention_days=log_retention_days,
         log_max_mb=log_max_mb,
     )
+
+
+@command("canary-report")
+def canary_report(
+    db: Annotated[Path | None, typer.Option(help="SQLite serving log.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Only canary requests answered by this version.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Only requests from this time on: a duration back (90m, 24h, 7d) or 2025-01-31T12:00."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The canary and stable arms of `serve --canary` side by side: requests, errors, latency, tokens."""
+    report = api.canary_report(db, since, version)
+    if as_json:
+        _print_json(report)
+        return
+    rows = []
+    for arm, figures in report["arms"].items():
+        latency = figures["latency_ms"]
+        rows.append(
+            {
+                "arm": arm,
+                "versions": ", ".join(figures["versions"]) or "-",
+                "requests": figures["requests"],
+                "errors": figures["errors"],
+                "error rate": _share(figures["error_rate"]),
+                "p50 ms": _ms(latency["p50"]),
+                "p95 ms": _ms(latency["p95"]),
+                "p99 ms": _ms(latency["p99"]),
+                "tokens": figures["output_tokens"],
+            }
+        )
+    _table("canary report", rows, list(rows[0]))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 @command("shadow-report")

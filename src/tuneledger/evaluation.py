@@ -10,6 +10,7 @@ token are the answer. Base and tuned models are scored the same way.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -85,26 +86,40 @@ def question_and_reference(row: dict) -> tuple[str | list[dict], str] | None:
 
 def greedy_answers(
     model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, label: str
-) -> dict[str, float | None]:
-    """Exact match of greedy answers with the references, and the share that ended by themselves."""
-    scored = [pair for pair in map(question_and_reference, rows) if pair is not None]
+) -> dict[str, Any]:
+    """Exact match of greedy answers with the references, the share that ended by themselves, and
+    each answer (`answers`: row index in the split, answer, reference, hit)."""
+    scored = [(i, pair) for i, row in enumerate(rows) if (pair := question_and_reference(row)) is not None]
     if not scored:
-        return {"exact_match": None, "stop_rate": None}
-    hits = stopped = 0
+        return {"exact_match": None, "stop_rate": None, "answers": []}
+    answers = []
     batches = range(0, len(scored), batch_size)
     with progress_bar(f"exact match ({label})", total=len(batches)) as advance:
         for start in batches:
             chunk = scored[start : start + batch_size]
-            replies = answer(model, tokenizer, [question for question, _ in chunk], max_new_tokens)
-            hits += sum(r.text.strip() == ref.strip() for r, (_, ref) in zip(replies, chunk, strict=True))
-            stopped += sum(reply.stopped for reply in replies)
+            replies = answer(model, tokenizer, [question for _, (question, _) in chunk], max_new_tokens)
+            for reply, (index, (_, reference)) in zip(replies, chunk, strict=True):
+                hit = reply.text.strip() == reference.strip()
+                answers.append(
+                    {
+                        "row": index,
+                        "answer": reply.text,
+                        "reference": reference,
+                        "hit": hit,
+                        "stopped": reply.stopped,
+                    }
+                )
             advance()
-    return {"exact_match": hits / len(scored), "stop_rate": stopped / len(scored)}
+    return {
+        "exact_match": sum(a["hit"] for a in answers) / len(answers),
+        "stop_rate": sum(a["stopped"] for a in answers) / len(answers),
+        "answers": answers,
+    }
 
 
 def evaluate(
     model, tokenizer, rows: list[dict], max_new_tokens: int, batch_size: int, label: str
-) -> dict[str, float | None]:
+) -> dict[str, Any]:
     loss = answer_loss(model, tokenizer, rows, batch_size)
     return {
         "loss": loss,

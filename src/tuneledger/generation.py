@@ -1,11 +1,24 @@
-"""Text generation shared by evaluation, the CLI and the server: batched, left-padded, on one device."""
+"""The one way TuneLedger decodes: evaluation, `tuneledger generate` and the server all call `decode`.
+
+A batch is a list of rows, and each row keeps its own prompt, token limit, sampling, random
+generator, stop strings, end-of-answer ids, adapter (peft's mixed-adapter batches), deadline and
+cancellation. A row that ends leaves the batch at once (its cache rows are dropped) and the others
+go on.
+
+Hand-written rather than `model.generate`, because generate decides for the whole batch: one eos
+list, one stop-string list, the process-wide random generator, and finished rows keep computing
+until the last one ends. The model calls are the ones generate makes: a left-padded prefill with
+position ids from the attention mask, then one token per step on the KV cache. Sampling uses
+transformers' own logits warpers.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Iterator
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,49 +27,240 @@ from tuneledger import chat
 
 Prompt = str | list[dict[str, str]]  # plain text, or a conversation rendered with the chat template
 
-
 # Below this temperature sampling is greedy, as vLLM does (`_SAMPLING_EPS`): dividing logits by a
 # tinier one overflows to inf, and softmax of inf is nan.
 GREEDY_BELOW = 1e-5
+BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
-def encode(tokenizer, prompts: list[Prompt], device) -> dict[str, Any]:
-    """Left-padded input ids. A conversation is encoded with its template's special tokens (BOS among
-    them) and none spelled by its contents (chat.encode_prompt)."""
-    tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-    if prompts and not isinstance(prompts[0], str):
-        ids = [chat.encode_prompt(tokenizer, messages) for messages in prompts]
-        return tokenizer.pad({"input_ids": ids}, return_tensors="pt", padding=True).to(device)
-    return tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+class Interrupted(Exception):
+    """Generation stopped early: `reason` is "deadline" or "cancelled" (the client went away)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
-def sampling_options(temperature: float, top_p: float | None) -> dict[str, Any]:
-    """Greedy when temperature is (nearly) 0; otherwise sampling."""
-    if temperature < GREEDY_BELOW:
-        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": None}
+class Interrupt:
+    """A row's deadline and cancellation, checked before every token."""
+
+    def __init__(self, deadline: float = float("inf")):
+        self.deadline = deadline  # time.monotonic()
+        self.cancelled = threading.Event()
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def reason(self) -> str | None:
+        if self.cancelled.is_set():
+            return "cancelled"
+        return "deadline" if time.monotonic() >= self.deadline else None
 
 
-@contextlib.contextmanager
-def own_random_state(seed: int | None, device) -> Iterator[None]:
-    """Sample from a random state of this request's own: seeded by its seed, or fresh from the OS.
+class StopScanner:
+    """Cuts text at the first stop string; while streaming, holds back a tail that may be the
+    beginning of one, so a client never sees part of a stop string."""
 
-    transformers samples from torch's process-wide generator, so a seed set there would decide the
-    next unseeded request's sample as well. The process-wide state is saved and restored around
-    the request (requests generate one at a time)."""
-    devices = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed if seed is not None else secrets.randbits(63))
-        yield
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops, self.pending, self.stopped = stops, "", False
+
+    def feed(self, text: str) -> str:
+        """The part of `text` (after what was held back) that is safe to emit."""
+        if self.stopped:
+            return ""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
+            return out
+        hold = max(
+            (n for s in self.stops for n in range(len(s) - 1, 0, -1) if self.pending.endswith(s[:n])),
+            default=0,
+        )
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = ("" if self.stopped else self.pending), ""
+        return out
+
+
+@dataclass
+class Row:
+    """One prompt of a batch and everything that decides its answer."""
+
+    input_ids: list[int]
+    max_new_tokens: int
+    eos_token_ids: Sequence[int]
+    tokenizer: Any  # decodes this row's text (rows of one batch share the base's vocabulary)
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None  # None: fresh from the OS
+    stop: tuple[str, ...] = ()
+    adapter: str | None = None  # a loaded adapter's name; None: the model as it is
+    interrupt: Interrupt = field(default_factory=Interrupt)
+    on_text: Callable[[str], None] | None = None  # each piece of text as it becomes safe to show
+    on_end: Callable[[Decoded], None] | None = None  # called the moment the row leaves the batch
 
 
 @dataclass(frozen=True)
-class Answer:
-    text: str  # without the prompt and special tokens
-    stopped: bool  # ended with an end-of-turn or eos token, not by running out of max_new_tokens
+class Decoded:
+    text: str  # the answer without prompt, special tokens or stop string
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end of answer or a stop string) or "length" (max_new_tokens)
+    interrupted: str | None = None  # "deadline" or "cancelled": the row was stopped early
+
+    @property
+    def stopped(self) -> bool:
+        return self.finish_reason == "stop"
+
+
+def sampling_options(temperature: float | None, top_p: float | None) -> dict[str, Any]:
+    """A request's sampling as a Row's fields: greedy when the temperature is (nearly) 0."""
+    if temperature is None or temperature < GREEDY_BELOW:
+        return {"temperature": 0.0, "top_p": None}
+    return {"temperature": temperature, "top_p": top_p}
+
+
+class _Progress:
+    """A row in the batch: its tokens so far, its text so far, and its own random generator."""
+
+    def __init__(self, row: Row, device):
+        self.row, self.tokens = row, []
+        self.fed = self.shown = ""  # text decoded so far; text passed the stop scanner
+        self.scanner = StopScanner(row.stop)
+        self.generator = None
+        if row.temperature >= GREEDY_BELOW:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(row.seed if row.seed is not None else secrets.randbits(63))
+
+    def choose(self, logits: torch.Tensor, greedy: int) -> int:
+        if self.generator is None:
+            return greedy
+        from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+        scores = TemperatureLogitsWarper(self.row.temperature)(None, logits[None].clone())
+        if self.row.top_p is not None and self.row.top_p < 1.0:
+            scores = TopPLogitsWarper(self.row.top_p)(None, scores)
+        probabilities = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probabilities, 1, generator=self.generator))
+
+    def add(self, token: int) -> Decoded | None:
+        """Take the next token; the outcome if the row has ended."""
+        row = self.row
+        self.tokens.append(token)
+        ended = token in row.eos_token_ids
+        text = row.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd") or ended:  # a character still missing bytes waits for them
+            self._show(self.scanner.feed(text[len(self.fed) :]))
+            self.fed = text
+        if ended or self.scanner.stopped:
+            return self.end("stop")
+        if len(self.tokens) >= row.max_new_tokens:
+            return self.end("length")
+        return None
+
+    def _show(self, text: str) -> None:
+        if text:
+            self.shown += text
+            if self.row.on_text is not None:
+                self.row.on_text(text)
+
+    def end(self, finish_reason: str, interrupted: str | None = None) -> Decoded:
+        if interrupted is None:
+            self._show(self.scanner.flush())
+        outcome = Decoded(self.shown, list(self.tokens), finish_reason, interrupted)
+        if self.row.on_end is not None:
+            self.row.on_end(outcome)
+        return outcome
+
+
+def _left_padded(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(row.input_ids) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row.input_ids) :] = torch.tensor(row.input_ids)
+        mask[i, width - len(row.input_ids) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _adapter_names(rows: list[_Progress]) -> dict[str, Any]:
+    names = [p.row.adapter for p in rows]
+    if all(name is None for name in names):
+        return {}
+    return {"adapter_names": [name or BASE_ADAPTER for name in names]}
 
 
 @torch.inference_mode()
+def decode(model, rows: list[Row]) -> list[Decoded]:
+    """Decode every row; each outcome is also handed to the row's `on_end` when the row leaves."""
+    device = next(model.parameters()).device
+    outcomes: dict[int, Decoded] = {}
+    active: list[tuple[int, _Progress]] = []
+    for index, row in enumerate(rows):
+        progress = _Progress(row, device)
+        if (reason := row.interrupt.reason()) is not None or row.max_new_tokens < 1:
+            outcomes[index] = progress.end("length", reason)
+        else:
+            active.append((index, progress))
+    if active:
+        _run(model, active, outcomes, device)
+    return [outcomes[index] for index in range(len(rows))]
+
+
+def _run(model, active: list[tuple[int, _Progress]], outcomes: dict[int, Decoded], device) -> None:
+    ids, mask = _left_padded([p.row for _, p in active], 0, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = None
+    while active:
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the next token's logits only (the prefill's others are never read)
+            **_adapter_names([p for _, p in active]),
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        greedy = logits.argmax(dim=-1).tolist()
+        kept, tokens = [], []
+        for position, (index, progress) in enumerate(active):
+            reason = progress.row.interrupt.reason()
+            token = progress.choose(logits[position], greedy[position]) if reason is None else None
+            done = progress.end("length", reason) if reason else progress.add(token)
+            if done is not None:
+                outcomes[index] = done
+            else:
+                kept.append(position)
+                tokens.append(token)
+        if len(kept) < len(active):
+            if not kept:
+                return
+            keep = torch.tensor(kept, device=device)
+            cache.batch_select_indices(keep)
+            mask, positions = mask[keep], positions[keep]
+            active = [active[position] for position in kept]
+        ids = torch.tensor(tokens, device=device)[:, None]
+        mask = torch.cat([mask, mask.new_ones((len(kept), 1))], dim=-1)
+        positions = positions[:, -1:] + 1
+
+
+# --- evaluation's and the CLI's use: prompts in, answers out -----------------------------------
+
+
+def encode(tokenizer, prompt: Prompt) -> list[int]:
+    """A prompt's ids. A conversation is encoded with its template's special tokens (BOS among
+    them) and none spelled by its contents (chat.encode_prompt)."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    return chat.encode_prompt(tokenizer, prompt)
+
+
 def answer(
     model,
     tokenizer,
@@ -65,23 +269,13 @@ def answer(
     temperature: float = 0.0,
     top_p: float | None = None,
     eos_token_ids: list[int] | None = None,
-) -> list[Answer]:
-    """Answers to `prompts`; each stops at an end-of-turn or eos token, or after `max_new_tokens`."""
-    if not prompts:
-        return []
+) -> list[Decoded]:
+    """Answers to `prompts`, decoded together; each stops at an end-of-turn or eos token, or after
+    `max_new_tokens`."""
     stops = eos_token_ids or chat.eos_token_ids(tokenizer)
-    batch = encode(tokenizer, prompts, next(model.parameters()).device)
-    output = model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stops,
-        **sampling_options(temperature, top_p),
-    )
-    new_tokens = output[:, batch["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    stopped = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(dim=1)
-    return [Answer(text, bool(done)) for text, done in zip(texts, stopped.tolist(), strict=True)]
+    sampling = sampling_options(temperature, top_p)
+    rows = [Row(encode(tokenizer, p), max_new_tokens, stops, tokenizer, **sampling) for p in prompts]
+    return decode(model, rows)
 
 
 def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int, **options) -> list[str]:

@@ -58,3 +58,23 @@ def dirty_paths(cwd: Path | str = ".", ignore: tuple[str, ...] = PIPELINE_OUTPUT
         return None
     paths = [line[3:].split(" -> ")[-1].strip('"') for line in out.stdout.splitlines() if line.strip()]
     return [p for p in paths if not any(p == i or p.startswith(i.rstrip("/") + "/") for i in ignore)]
+
+
+def tag_refs_state(git_dir: Path) -> tuple:
+    """A cheap fingerprint of the repository's tags: the modification times of the directories
+    holding loose tag refs, and of packed-refs. Adding, moving or deleting a tag (a promote, a
+    rollback, a push into this repository) changes it; reading it costs a few stat calls, so it
+    can be polled several times a second where `git for-each-ref` could not."""
+    state = []
+    for directory, _, _ in os.walk(git_dir / "refs" / "tags"):
+        state.append((directory, os.stat(directory).st_mtime_ns))
+    packed = git_dir / "packed-refs"
+    if packed.exists():
+        info = packed.stat()
+        state.append((str(packed), info.st_mtime_ns, info.st_size))
+    return tuple(sorted(state))
+
+
+def common_dir(cwd: Path | str = ".") -> Path:
+    """The repository's git directory (shared by its worktrees)."""
+    return Path(cwd, run_git("rev-parse", "--git-common-dir", cwd=cwd)).resolve()

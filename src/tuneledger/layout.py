@@ -12,6 +12,7 @@ BASE_RECORD = RESULTS_DIR / "prepare" / "base.json"  # in git: which CPU built t
 TRAIN_RESULTS = RESULTS_DIR / "train"
 TRAIN_SUMMARY = TRAIN_RESULTS / "summary.json"  # facts of the training run, in git
 EVAL_RESULTS = RESULTS_DIR / "evaluate"
+SERVE_CACHE = Path(".tuneledger/serve/versions")  # versions `serve` fetched, verified, kept for reuse
 
 
 def manifest_path_for(package: Path) -> Path:

@@ -144,6 +144,11 @@ class RegistryParams(_Group):
     tolerance: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     # Largest relative change of any layer's LoRA update norm versus the stage's current version.
     max_norm_drift: Annotated[float, Field(gt=0.0, le=1000.0)] = 1.0
+    # `promote --require-canary`: the canary arm's requests needed, and how much worse than the
+    # stable arm it may be: error rate (absolute) and p95 latency (relative).
+    canary_min_requests: Annotated[int, Field(ge=1)] = 50
+    canary_max_error_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
+    canary_max_latency_increase: Annotated[float, Field(ge=0.0, le=100.0)] = 0.25
 
 
 class Params(_Group):

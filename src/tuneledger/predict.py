@@ -1,24 +1,17 @@
-"""Answering one request with a verified package, within the bounds of its signature.
+"""Answering requests with a verified package, within the bounds of its signature.
 
 `Predictor.query` / `Predictor.chat_query` check a request against signature.json and render it;
-`Predictor.complete` generates the answer. The CLI, the server and the shadow all answer through
-`complete`, so a shadow pair compares like with like. The server adds what only it needs: an
-`Interrupt` (deadline, client gone) and a streamer. Batched generation for evaluation is
-tuneledger.generation.
+`Predictor.row` turns the checked query into a row for tuneledger.generation.decode, the one
+decoding path of evaluation, the CLI, the server's batches and the shadow.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, StopStringCriteria
-
-from tuneledger.generation import own_random_state, sampling_options
+from tuneledger.generation import Decoded, Interrupt, Interrupted, Row, decode, sampling_options
 from tuneledger.package import signature as signature_format
 from tuneledger.package.loader import load_package
 from tuneledger.package.signature import SignatureViolation
@@ -47,68 +40,11 @@ class Completion:
     finish_reason: str  # "stop" (end of turn or a stop string) or "length" (max_new_tokens)
 
 
-class Interrupted(Exception):
-    """Generation stopped early: `reason` is "deadline" or "cancelled" (the client went away)."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-        super().__init__(reason)
-
-
-class Interrupt(StoppingCriteria):
-    """Stops a generation at its deadline, or as soon as `cancel()` is called (checked per token)."""
-
-    def __init__(self, deadline: float = float("inf")):
-        self.deadline = deadline  # time.monotonic()
-        self.cancelled = threading.Event()
-        self.fired: str | None = None
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
-
-    def cancel(self) -> None:
-        self.cancelled.set()
-
-    def reason(self) -> str | None:
-        if self.cancelled.is_set():
-            return "cancelled"
-        return "deadline" if time.monotonic() >= self.deadline else None
-
-    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        reason = self.reason()
-        if reason is not None:
-            self.fired = reason
-        return torch.full(
-            (input_ids.shape[0],), reason is not None, dtype=torch.bool, device=input_ids.device
-        )
-
-
-class StopScanner:
-    """Cuts text at the first stop string; while streaming, holds back a tail that may be the
-    beginning of one, so a client never sees part of a stop string."""
-
-    def __init__(self, stops: tuple[str, ...]):
-        self.stops, self.pending, self.stopped = stops, "", False
-
-    def feed(self, text: str) -> str:
-        """The part of `text` (after what was held back) that is safe to emit."""
-        if self.stopped:
-            return ""
-        self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            out, self.pending, self.stopped = self.pending[: min(hits)], "", True
-            return out
-        hold = max(
-            (n for s in self.stops for n in range(len(s) - 1, 0, -1) if self.pending.endswith(s[:n])),
-            default=0,
-        )
-        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = ("" if self.stopped else self.pending), ""
-        return out
+def completion_of(query: Query, decoded: Decoded) -> Completion:
+    """A decoded row as the answer to its query (Interrupted if it was stopped early)."""
+    if decoded.interrupted:
+        raise Interrupted(decoded.interrupted)
+    return Completion(decoded.text, query.prompt_tokens, len(decoded.token_ids), decoded.finish_reason)
 
 
 @dataclass
@@ -118,6 +54,7 @@ class Predictor:
     signature: dict
     version: dict  # content id and other identity facts of the loaded package
     eos_token_ids: list[int] = field(default_factory=list)
+    adapter: str | None = None  # the adapter's name on a model shared by several versions
 
     @classmethod
     def open(
@@ -155,42 +92,26 @@ class Predictor:
         signature_format.check_prompt_tokens(self.signature, len(ids), field="messages")
         return Query(render_prompt(self.tokenizer, messages), resolved, ids, tuple(stop), messages=messages)
 
-    @torch.inference_mode()
-    def complete(self, query: Query, interrupt: Interrupt | None = None, streamer=None) -> Completion:
-        """Generate the answer to a checked query. Raises Interrupted if `interrupt` stopped it."""
-        params, tokenizer = query.params, self.tokenizer
-        device = next(self.model.parameters()).device
-        ids = torch.tensor([query.input_ids], device=device)
-        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        stopping = StoppingCriteriaList([interrupt or Interrupt()])
-        if query.stop:
-            stopping.append(StopStringCriteria(tokenizer, list(query.stop)))
-        eos = self.eos_token_ids or None
-        try:
-            with own_random_state(params.get("seed"), device):
-                output = self.model.generate(
-                    **inputs,
-                    max_new_tokens=params["max_new_tokens"],
-                    **sampling_options(params["temperature"], params.get("top_p")),
-                    pad_token_id=tokenizer.pad_token_id
-                    if tokenizer.pad_token_id is not None
-                    else (eos or [0])[0],
-                    eos_token_id=eos,
-                    stopping_criteria=stopping,
-                    streamer=streamer,
-                )
-        except BaseException:
-            if streamer is not None:
-                streamer.end()  # a waiting reader must not wait forever
-            raise
-        if interrupt is not None and interrupt.fired:
-            raise Interrupted(interrupt.fired)
-        new_tokens = output[0, len(inputs["input_ids"][0]) :].tolist()
-        scanner = StopScanner(query.stop)
-        text = scanner.feed(tokenizer.decode(new_tokens, skip_special_tokens=True)) + scanner.flush()
-        ended = scanner.stopped or bool(new_tokens and eos and new_tokens[-1] in eos)
-        finish = "length" if not ended and len(new_tokens) >= params["max_new_tokens"] else "stop"
-        return Completion(text, query.prompt_tokens, len(new_tokens), finish)
+    def row(self, query: Query, interrupt: Interrupt | None = None, on_text=None, on_end=None) -> Row:
+        """The checked query as a row of a batch, on this version's adapter."""
+        params = query.params
+        return Row(
+            list(query.input_ids),
+            params["max_new_tokens"],
+            self.eos_token_ids,
+            self.tokenizer,
+            **sampling_options(params["temperature"], params.get("top_p")),
+            seed=params.get("seed"),
+            stop=query.stop,
+            adapter=self.adapter,
+            interrupt=interrupt or Interrupt(),
+            on_text=on_text,
+            on_end=on_end,
+        )
+
+    def complete(self, query: Query, interrupt: Interrupt | None = None) -> Completion:
+        """Generate the answer to a checked query alone. Raises Interrupted if `interrupt` stopped it."""
+        return completion_of(query, decode(self.model, [self.row(query, interrupt)])[0])
 
     def predict(self, prompt: Any, params: dict[str, Any] | None = None) -> str:
         return self.complete(self.query(prompt, params or {})).text

@@ -124,9 +124,13 @@ def load_package(
     device: str | None = None,
     base: str | Path | None = None,
     manifest: str | Path | None = None,
+    onto: SharedBase | None = None,
 ) -> LoadedPackage:
     """Load a verified package; its metadata, signature and end-of-answer ids come from the same
-    private copy whose bytes were checked, never from the package directory again."""
+    private copy whose bytes were checked, never from the package directory again.
+
+    With `onto`, the package's adapter joins the adapters already on that shared base, named by the
+    manifest's content id; a package trained on another base is refused."""
     from rich.markup import escape
 
     from tuneledger.progress import say
@@ -136,12 +140,15 @@ def load_package(
     warning = committed_manifest_warning(manifest_file)
     if warning:
         say(escape(warning))
-    with verified_copy(package, manifest_file) as (checked, _):  # SHA-256 of the very bytes loaded
+    with verified_copy(package, manifest_file) as (checked, manifest):  # SHA-256 of the very bytes loaded
         meta = metadata_format.read(checked / METADATA)
         tokenizer = modeling.load_tokenizer(checked)
-        model = _load_model(
-            checked, package, meta, modeling.pick_device(device), Path(base) if base else None
-        )
+        if onto is None:
+            model = _load_model(
+                checked, package, meta, modeling.pick_device(device), Path(base) if base else None
+            )
+        else:
+            model = onto.add(checked, meta, manifest.content_id)
         return LoadedPackage(
             model,
             tokenizer,
@@ -162,6 +169,47 @@ def _load_model(checked: Path, package: Path, meta: dict, device: str, base: Pat
         model = modeling.load_base(base_dir, device=device)
     model = PeftModel.from_pretrained(model, str(checked), is_trainable=False)
     return model.to(device).eval()
+
+
+class ForeignBase(TuneLedgerError):
+    """A version trained on another base than the one a shared base holds."""
+
+
+class SharedBase:
+    """One base model in memory carrying the adapters of several versions (peft's multi-adapter
+    model), each named by its version's content id, for mixed-adapter batches."""
+
+    def __init__(self, package: Path, meta: dict, device: str | None = None, base: Path | None = None):
+        self.device = modeling.pick_device(device)
+        self.sha256 = meta["base_model"]["sha256"]
+        self.base_id = meta["base_model"]["id"]
+        with verified_base(Path(package), meta, base) as base_dir:
+            self.base = modeling.load_base(base_dir, device=self.device)
+        self.model = None  # the PeftModel, once the first adapter is on
+
+    def add(self, checked: Path, meta: dict, name: str):
+        """Put a verified package's adapter on the base, under `name` (its content id)."""
+        from peft import PeftModel
+
+        if meta["base_model"]["sha256"] != self.sha256:
+            raise ForeignBase(
+                f"{meta['content_id'][:12]} was trained on base {meta['base_model']['id']!r} (sha256 "
+                f"{meta['base_model']['sha256'][:12]}…), not this server's base {self.base_id!r} (sha256 "
+                f"{self.sha256[:12]}…); serve it from a server of its own"
+            )
+        with open_checked(checked / ADAPTER_WEIGHTS):  # the library's header checks, one line if refused
+            pass
+        if self.model is None:
+            self.model = PeftModel.from_pretrained(
+                self.base, str(checked), adapter_name=name, is_trainable=False
+            )
+            self.model.to(self.device).eval()
+        else:
+            self.model.load_adapter(str(checked), adapter_name=name, is_trainable=False)
+        return self.model
+
+    def remove(self, content_id: str) -> None:
+        self.model.delete_adapter(content_id)
 
 
 def _eos_token_ids(checked: Path, tokenizer) -> list[int]:

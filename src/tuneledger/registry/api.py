@@ -39,8 +39,10 @@ from tuneledger.registry.versions import (
     scratch_dir,
 )
 from tuneledger.serve import log
+from tuneledger.serve.config import ServeConfig, parse_canary
 
 BUMPS = ("major", "minor", "patch")
+SERVE_DEFAULTS = ServeConfig()  # `serve`'s defaults, written once (the CLI's help shows them)
 
 
 # --- packages -----------------------------------------------------------------------------------
@@ -195,11 +197,14 @@ def promote(
     reason: str | None = None,
     require_shadow_agreement: float | None = None,
     db: Path | None = None,
+    require_canary: bool = False,
+    since: str | None = None,
 ) -> dict[str, Any]:
     """Run the gate against the stage's current version, then move the stage to `version`.
 
     With `require_shadow_agreement`, the gate also requires that exact agreement of `version` as
-    a shadow of prod, read from the serving log `db`.
+    a shadow of prod; with `require_canary`, that `version` as the canary arm did no worse than
+    the stable arm (registry.canary_* limits). Both read the serving log `db` (since `since`).
     """
     if force and not reason:
         raise TuneLedgerError("--force needs --reason: the override is recorded in the registry")
@@ -209,6 +214,11 @@ def promote(
         from tuneledger.serve.shadow_agreement import agreement_check
 
         extra_checks.append(agreement_check(version, require_shadow_agreement, db))
+    if require_canary:
+        from tuneledger.serve.canary_check import canary_check
+
+        start = log.parse_since(since) if since else None
+        extra_checks.append(canary_check(version, load_params().registry, db, start))
     with registry_lock(f"promote {name} {version} → {stage}"):
         candidate = resolve(name, version=version)
         current = tags.stage_holder(name, stage)
@@ -347,15 +357,21 @@ def reproduce(version: str, name: str = DEFAULT_NAME) -> Reproduction:
 def serve(**options: Any) -> None:
     """Serve a stage over HTTP until stopped; `options` are `ServeConfig` fields, None for a default."""
     from tuneledger.serve import app
-    from tuneledger.serve.config import ServeConfig
 
     given = {k: v for k, v in options.items() if v is not None}
     if not given.get("api_key"):
         given.pop("api_key", None)  # an empty key is no key
+    if "canary" in given:
+        given["canary"] = parse_canary(given["canary"])
     for key in ("allowed_hosts", "allow_origins"):
         if key in given:
             given[key] = tuple(given[key])
     app.serve(ServeConfig(**given))
+
+
+def canary_report(db: Path | None = None, since: str | None = None, version: str | None = None) -> dict:
+    """The canary arms side by side (see serve.log.canary_report); `since` as for shadow_report."""
+    return log.canary_report(db or log.DEFAULT_DB, log.parse_since(since) if since else None, version)
 
 
 def shadow_report(db: Path | None = None, version: str | None = None, since: str | None = None) -> dict:

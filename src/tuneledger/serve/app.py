@@ -1,7 +1,9 @@
-"""The HTTP API: answers from the stage's version, proves provenance, hot-swaps on reload.
+"""The HTTP API: answers from the registry's versions, proves provenance, follows stage moves.
 
 Routes: POST /generate (native), the OpenAI-compatible /v1 routes, GET /health, GET /version,
-GET /metrics (Prometheus) and POST /admin/reload. Every answer names its version and content id
+GET /metrics (Prometheus) and POST /admin/reload. A request names the version that should answer
+(`version` here, `model` under /v1; the followed stage by default). Every answer names its
+version and content id
 (body and X-TuneLedger-* headers). Around the routes, outermost first: the request log (every
 status), the host check, the cross-origin check (and CORS for --allow-origin), the bearer key, and
 JSON-only POSTs.
@@ -42,6 +44,8 @@ from tuneledger.serve.server import Server
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     prompt: str
+    version: str | None = None  # NAME, NAME@STAGE, NAME@vX.Y.Z or a content-id prefix; None: NAME
+    user: str | None = None  # keeps a client in one canary arm
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -53,24 +57,29 @@ def native_router(server: Server) -> APIRouter:
 
     @router.post("/generate")
     async def generate(request: Request):
-        parsed, call = await server.accept(request, GenerateRequest)
-        note(request.scope, prompt=parsed.prompt)
-        call.params = parsed.model_dump(exclude={"prompt"}, exclude_none=True)
-        try:
-            call.query = call.deployment.predictor.query(parsed.prompt, call.params)
-        except SignatureViolation as exc:
-            raise from_signature(exc) from None
-        completion = await server.complete(call.deployment, call.query, request)
-        server.finished(call, completion)
-        return JSONResponse(
-            {
-                "text": completion.text,
-                "version": call.deployment.version,
-                "content_id": call.deployment.content_id,
-                "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
-            },
-            headers=call.deployment.headers(),
-        )
+        async with server.call(request, GenerateRequest, requested=lambda parsed: parsed.version) as (
+            parsed,
+            call,
+        ):
+            note(request.scope, prompt=parsed.prompt)
+            call.params = parsed.model_dump(
+                include={"max_new_tokens", "temperature", "top_p", "seed"}, exclude_none=True
+            )
+            try:
+                call.query = call.resident.predictor.query(parsed.prompt, call.params)
+            except SignatureViolation as exc:
+                raise from_signature(exc) from None
+            completion = await server.complete(call)
+            server.finished(call, completion)
+            return JSONResponse(
+                {
+                    "text": completion.text,
+                    "version": call.resident.version,
+                    "content_id": call.resident.content_id,
+                    "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
+                },
+                headers=call.resident.headers(),
+            )
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
@@ -145,9 +154,11 @@ def serve(config: ServeConfig) -> None:
     signal.signal(signal.SIGHUP, server.reload_in_background)  # `kill -HUP` after a rollback
     shadow = server.shadow
     shadow_note = f", shadow {shadow.stage} {shadow.version or f'({shadow.state})'}" if shadow else ""
+    canary = server.canary
+    canary_note = f", canary {config.canary[0]} {canary.version} at {config.canary[1]:g}%" if canary else ""
     say(
-        f"serving {config.name} {config.stage} {server.current.version} "
-        f"({server.current.content_id[:12]}){shadow_note} on "
+        f"serving {config.name} {config.stage} {server.followed.version} "
+        f"({server.followed.content_id[:12]}){canary_note}{shadow_note} on "
         f"{'https' if config.tls else 'http'}://{config.host}:{config.port}; "
         f"log {config.db}{'' if config.api_key else '; no API key'}"
     )

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.layout import SERVE_CACHE
 from tuneledger.registry.artifacts import DEFAULT_NAME
 from tuneledger.serve import log
-from tuneledger.serve.deployment import DEFAULT_CACHE
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
 MIN_API_KEY_CHARS = 16  # a shorter key is guessable; `secrets.token_urlsafe(24)` gives 32
@@ -21,10 +21,16 @@ WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 class ServeConfig:
     # what answers
     name: str = DEFAULT_NAME
-    stage: str = "prod"
+    stage: str = "prod"  # the stage the bare name follows
+    canary: tuple[str, float] | None = None  # (stage, percent) of the followed name's requests
     shadow: str | None = None
-    cache: Path = DEFAULT_CACHE
+    cache: Path = SERVE_CACHE
     shadow_queue: int = 64
+    max_versions: int = 8  # resident on one base; the least recently used is unloaded first
+    sync_seconds: float = 5.0  # a stage move is live within this (0: only on reload or SIGHUP)
+    # batching
+    batch_window_ms: float = 10.0  # requests arriving this close together generate together
+    max_batch: int = 16
     # the network boundary
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,7 +42,7 @@ class ServeConfig:
     allow_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS)
     # limits: every request ends with a status within bounded time and memory
     max_body: int = 64 * 1024
-    max_queue: int = 16  # requests waiting for the model beyond the one generating
+    max_queue: int = 16  # requests waiting for the model beyond a running batch
     request_timeout: float = 60.0  # from admission to the last token
     body_timeout: float = 10.0  # to receive a request's body
     header_timeout: float = 10.0  # to receive a request's headers
@@ -52,6 +58,16 @@ class ServeConfig:
     log_queue: int = log.DEFAULT_QUEUE
     log_retention_days: float | None = 30.0  # request and shadow rows older than this go
     log_max_mb: float | None = 1024.0  # and the oldest go while the log holds more than this
+
+    def __post_init__(self) -> None:
+        if self.max_versions < 1 or self.max_batch < 1:
+            raise TuneLedgerError("serve: --max-versions and --max-batch must be at least 1")
+        if self.batch_window_ms < 0 or self.sync_seconds < 0:
+            raise TuneLedgerError("serve: --batch-window-ms and --sync-seconds cannot be negative")
+        if self.canary is not None and self.canary[0] == self.stage:
+            raise TuneLedgerError(
+                f"serve: --canary {self.canary[0]} is the followed stage; name another stage"
+            )
 
     def trusted_hosts(self) -> list[str]:
         """Host header values to accept: the names the server is bound to, plus --allowed-host."""
@@ -105,3 +121,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def parse_canary(value: str) -> tuple[str, float]:
+    """`--canary STAGE:PERCENT`, e.g. `staging:10`."""
+    stage, _, percent = value.rpartition(":")
+    try:
+        share = float(percent)
+    except ValueError:
+        share = -1.0
+    if not stage or not 0 < share <= 100:
+        raise TuneLedgerError(
+            f"serve: --canary {value!r}: expected STAGE:PERCENT with 0 < PERCENT <= 100, e.g. staging:10"
+        )
+    return stage, share

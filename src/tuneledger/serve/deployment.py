@@ -1,18 +1,16 @@
-"""A registry stage made ready to answer: fetched, verified and loaded (base and adapter)."""
+"""A registry stage made ready to answer on its own (the shadow's process): fetched, verified and
+loaded, base and adapter. The server's resident versions share one base (serve.residents)."""
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import base_path_for
+from tuneledger.layout import SERVE_CACHE, base_path_for
 from tuneledger.predict import Predictor
 from tuneledger.registry.versions import Resolved, publish_verified, resolve
-
-DEFAULT_CACHE = Path(".tuneledger/serve/versions")
 
 
 @dataclass
@@ -22,12 +20,6 @@ class Deployment:
     resolved: Resolved
     predictor: Predictor
     since: float = field(default_factory=time.time)
-    # One generation at a time per loaded model (predictable latency, no oversubscribed CPU), on
-    # a thread of its own: the event loop and /health never wait behind the model. After a swap,
-    # requests that pinned the old deployment still run on it; its thread ends with the object.
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-    )
 
     @property
     def version(self) -> str:
@@ -57,14 +49,14 @@ class Deployment:
         }
 
 
-def _reusable(package: Path, resolved: Resolved) -> bool:
+def reusable_fetch(package: Path, resolved: Resolved, with_base: bool = True) -> bool:
     """A previous fetch of the same version that still verifies can be loaded again."""
     from tuneledger.package.verify import find_problems
 
     try:
         return (
             package.is_dir()
-            and base_path_for(package).is_dir()
+            and (base_path_for(package).is_dir() or not with_base)
             and not find_problems(package, resolved.manifest)
         )
     except TuneLedgerError:
@@ -80,13 +72,13 @@ class DeployFailed(TuneLedgerError):
         super().__init__(f"{reason}: {cause}")
 
 
-def deploy(name: str, stage: str, cache: Path = DEFAULT_CACHE, device: str | None = None) -> Deployment:
+def deploy(name: str, stage: str, cache: Path = SERVE_CACHE, device: str | None = None) -> Deployment:
     """Resolve `stage` through the registry, fetch and verify that version, load it on one device."""
     step = f"resolving stage {stage}"
     try:
         resolved = resolve(name, stage=stage)
         package = Path(cache) / f"{name}@{resolved.version}"
-        if not _reusable(package, resolved):
+        if not reusable_fetch(package, resolved):
             step = f"fetching {resolved.version}"
             publish_verified(resolved, package, with_base=True)
         step = f"loading {resolved.version}"

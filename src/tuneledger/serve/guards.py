@@ -83,6 +83,8 @@ class RequestLog:
                 "latency_ms": seconds * 1000,
                 "finish_reason": facts.get("finish_reason"),
                 "error": facts.get("error"),
+                "arm": facts.get("arm"),
+                "completion_tokens": facts.get("completion_tokens"),
             },
             facts.get("prompt"),
             facts.get("output"),

@@ -33,7 +33,15 @@ MAX_BACKOFF_S = 5.0
 PRUNE_EVERY_S = 3600.0
 PRUNE_EVERY_ROWS = 10_000  # and after this many rows, so a flood meets the size cap within minutes
 # What a row keeps of the strings a client controls (paths, error messages that quote a field).
-CLIPPED = {"path": 256, "method": 16, "error": 500, "finish_reason": 32, "version": 64, "content_id": 64}
+CLIPPED = {
+    "arm": 16,
+    "path": 256,
+    "method": 16,
+    "error": 500,
+    "finish_reason": 32,
+    "version": 64,
+    "content_id": 64,
+}
 LATENCY_SAMPLE = 10_000  # latency percentiles come from the newest pairs, at most this many
 
 TABLES = {
@@ -42,6 +50,7 @@ TABLES = {
         "content_id TEXT", "latency_ms REAL", "finish_reason TEXT", "error TEXT",
         "prompt TEXT", "prompt_sha256 TEXT", "prompt_chars INTEGER",
         "output TEXT", "output_sha256 TEXT", "output_chars INTEGER",
+        "arm TEXT", "completion_tokens INTEGER",
     ],
     "shadow_pairs": [
         "time REAL", "request_hash TEXT", "prompt TEXT", "prod_output TEXT", "shadow_output TEXT",
@@ -72,6 +81,7 @@ CREATE TABLE IF NOT EXISTS shadow_rollup (
 """
 INDEXES = """
 CREATE INDEX IF NOT EXISTS requests_time ON requests(time);
+CREATE INDEX IF NOT EXISTS requests_arm_time ON requests(arm, time);
 CREATE INDEX IF NOT EXISTS shadow_pairs_time ON shadow_pairs(time);
 CREATE INDEX IF NOT EXISTS shadow_pairs_version_time ON shadow_pairs(shadow_version, time);
 CREATE INDEX IF NOT EXISTS shadow_drops_time ON shadow_drops(time);
@@ -518,6 +528,60 @@ def _report(db: sqlite3.Connection, path: str, shadow_version: str | None, since
         "latency_sample": len(sample),
         "prod_latency_ms": {"p50": _percentile(prod, 0.5), "p95": _percentile(prod, 0.95)},
         "shadow_latency_ms": {"p50": _percentile(shadow, 0.5), "p95": _percentile(shadow, 0.95)},
+    }
+
+
+def canary_report(path: Path, since: float | None = None, version: str | None = None) -> dict[str, Any]:
+    """The two arms of `serve --canary` side by side: requests, server errors (5xx), latency
+    percentiles and output tokens, per arm (the canary arm only of `version`, if given).
+    Percentiles come from each arm's newest LATENCY_SAMPLE requests."""
+    if not Path(path).is_file():
+        raise TuneLedgerError(f"{path}: no serving log; run `tuneledger serve --canary STAGE:PERCENT` first")
+    db = connect(Path(path))
+    try:
+        return {
+            "db": str(path),
+            "since": datetime.fromtimestamp(since, UTC).isoformat() if since is not None else None,
+            "arms": {
+                arm: _arm(db, arm, since, version if arm == "canary" else None)
+                for arm in ("stable", "canary")
+            },
+        }
+    finally:
+        db.close()
+
+
+def _arm(db: sqlite3.Connection, arm: str, since: float | None, version: str | None) -> dict[str, Any]:
+    conditions, args = ["arm = ?"], [arm]
+    if since is not None:
+        conditions.append("time >= ?")
+        args.append(since)
+    if version is not None:
+        conditions.append("version = ?")
+        args.append(version)
+    where = " AND ".join(conditions)
+    requests, errors, tokens = db.execute(
+        f"SELECT COUNT(*), TOTAL(status >= 500), TOTAL(completion_tokens) FROM requests WHERE {where}", args
+    ).fetchone()
+    versions = [
+        v for (v,) in db.execute(f"SELECT DISTINCT version FROM requests WHERE {where} ORDER BY 1", args)
+    ]
+    latency = [
+        ms
+        for (ms,) in db.execute(
+            f"SELECT latency_ms FROM requests WHERE {where} AND status = 200 ORDER BY time DESC "
+            f"LIMIT {LATENCY_SAMPLE}",
+            args,
+        )
+    ]
+    return {
+        "versions": [v for v in versions if v],
+        "requests": requests,
+        "errors": int(errors),
+        "error_rate": errors / requests if requests else None,
+        "latency_ms": {q: _percentile(latency, f) for q, f in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))},
+        "output_tokens": int(tokens),
+        "output_tokens_per_request": tokens / requests if requests else None,
     }
 
 

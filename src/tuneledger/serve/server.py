@@ -1,10 +1,11 @@
-"""The serving core, below HTTP: the live deployment, hot swaps, the shadow, and running requests
-on the model within bounds (a bounded queue, a deadline, cancellation when the client leaves)."""
+"""The serving core, below HTTP: the registry's versions resident on one base, the name each request
+gives resolved to one of them, batches on the model's thread, following the registry's stages,
+the canary split, the shadow, and every request bounded (a bounded queue, a deadline,
+cancellation when the client leaves)."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import hashlib
@@ -12,57 +13,68 @@ import math
 import os
 import threading
 import time
-import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
+from tuneledger import git
 from tuneledger.faults import FAULT_VARIABLE
-from tuneledger.predict import Completion, Interrupt, Interrupted, Query, StopScanner
+from tuneledger.generation import Decoded, Interrupt, Interrupted
+from tuneledger.package.loader import ForeignBase
+from tuneledger.predict import Completion, Query, completion_of
 from tuneledger.progress import say
-from tuneledger.serve import log
+from tuneledger.registry import tags
+from tuneledger.serve import log, routing
+from tuneledger.serve.batcher import Batcher, Job
 from tuneledger.serve.config import ServeConfig
-from tuneledger.serve.deployment import DeployFailed, Deployment, current_version, deploy
+from tuneledger.serve.deployment import DeployFailed
 from tuneledger.serve.errors import RequestRefused, from_validation, note
 from tuneledger.serve.guards import read_body
 from tuneledger.serve.metrics import ServerMetrics
+from tuneledger.serve.residents import Resident, ResidentVersions
 from tuneledger.serve.shadow import ShadowRunner
+
+TAGS_POLL_S = 0.2  # how often the tag refs are looked at (a few stat calls)
+SESSION_HEADER = "x-tuneledger-session"  # keeps a client in one canary arm when it sends no `user`
 
 
 @dataclass
 class Call:
-    """One request on its way through: what it asked, and which deployment answers it."""
+    """One request on its way through: what it asked, and which version answers it."""
 
     request: Request
-    deployment: Deployment
+    resident: Resident
     request_hash: str
+    stage: str | None  # the stage the requested name resolved through (None: a pinned version)
+    arm: str | None = None  # stable or canary, when the followed name was split
     started: float = field(default_factory=time.perf_counter)
     params: dict[str, Any] = field(default_factory=dict)  # generation params as the client gave them
     query: Query | None = None
 
 
 class ModelQueue:
-    """Admission in front of the models: one request generates while at most `depth` wait; more
-    are refused at once (503 with Retry-After) rather than piling up behind the model.
+    """Admission in front of the model: a batch of `max_batch` generates while at most `depth` wait;
+    more are refused at once (503 with Retry-After) rather than piling up behind the model.
 
-    Only the event loop touches it (admission in handlers, release in future callbacks).
+    Only the event loop touches it (admission in handlers, release in callbacks scheduled on it).
     """
 
-    def __init__(self, depth: int):
-        self.capacity = depth + 1
+    def __init__(self, depth: int, max_batch: int):
+        self.capacity, self.max_batch = depth + max_batch, max_batch
         self.admitted = self.refused = 0
-        self.seconds_each = 1.0  # moving average of generation time, for Retry-After
+        self.seconds_each = 1.0  # moving average of a request's time on the model, for Retry-After
 
     def admit(self) -> None:
         if self.admitted >= self.capacity:
             self.refused += 1
             raise RequestRefused(
                 503,
-                f"the model is busy ({self.admitted} requests admitted, {self.capacity - 1} may wait); "
-                "retry later",
+                f"the model is busy ({self.admitted} requests admitted, {self.capacity - self.max_batch} may "
+                "wait beyond a batch); retry later",
                 headers={"Retry-After": str(self.retry_after())},
             )
         self.admitted += 1
@@ -73,7 +85,7 @@ class ModelQueue:
             self.seconds_each = 0.8 * self.seconds_each + 0.2 * seconds
 
     def retry_after(self) -> int:
-        return max(1, min(600, math.ceil(self.admitted * self.seconds_each)))
+        return max(1, min(600, math.ceil(self.admitted / self.max_batch * self.seconds_each)))
 
     def describe(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "capacity": self.capacity, "refused": self.refused}
@@ -105,55 +117,74 @@ def _outcome(exc: Interrupted, timeout: float) -> RequestRefused:
     return RequestRefused(499, "the client closed the request")
 
 
-class TextStream:
-    """A generation whose text arrives as the model produces it (stop strings held back)."""
+END_OF_TEXT = None  # put on a stream's queue after its last text, once its outcome is set
 
-    def __init__(self, streamer, future: asyncio.Future, interrupt: Interrupt, query: Query, timeout: float):
-        self.streamer, self.future, self.interrupt, self.timeout = streamer, future, interrupt, timeout
-        self.scanner = StopScanner(query.stop)
-        self.pending: list[str] = []  # text read while waiting for the first chunk
+
+class TextStream:
+    """A generation whose text arrives as the model produces it (stop strings already held back)."""
+
+    def __init__(self, texts: asyncio.Queue, future: asyncio.Future, interrupt: Interrupt, timeout: float):
+        self.texts, self.future, self.interrupt, self.timeout = texts, future, interrupt, timeout
+        self.pending: list[str | None] = []  # read while waiting for the first text
         self.text = ""
         self.completion: Completion | None = None
+
+    async def _items(self) -> AsyncIterator[str | None]:
+        for item in self.pending:
+            yield item
+        while True:
+            yield await self.texts.get()
 
     async def deltas(self) -> AsyncIterator[str]:
         """The text as it comes; then `completion` is set. Raises RequestRefused if generation
         ends early (deadline) or fails; the client leaving cancels it."""
         try:
-            for chunk in self.pending:
-                if out := self.scanner.feed(chunk):
-                    self.text += out
-                    yield out
-            async for chunk in self.streamer:
-                if out := self.scanner.feed(chunk):
-                    self.text += out
-                    yield out
-            if out := self.scanner.flush():
-                self.text += out
-                yield out
+            async for text in self._items():
+                if text is END_OF_TEXT:
+                    break
+                self.text += text
+                yield text
             try:
-                completion, _ = await self.future
+                self.completion = self.future.result()
             except Interrupted as exc:
                 raise _outcome(exc, self.timeout) from None
-            self.completion = Completion(
-                self.text, completion.prompt_tokens, completion.completion_tokens, completion.finish_reason
-            )
         finally:
-            self.interrupt.cancel()  # no-op when finished; stops the model when the client left
+            self.interrupt.cancel()  # no-op when finished; stops the row when the client left
 
 
 class Server:
-    """The live prod deployment, an optional shadow, the request queue and the serving log."""
+    """The resident versions, the followed stage (and canary), the batcher, the shadow and the log."""
 
     def __init__(self, config: ServeConfig):
         self.config = config
         self.name, self.stage = config.name, config.stage
         self.writer = log.LogWriter(config.db, config.log_queue, config.log_retention_days, config.log_max_mb)
-        self.queue = ModelQueue(config.max_queue)
+        self.queue = ModelQueue(config.max_queue, config.max_batch)
         self.metrics = ServerMetrics(queue_depth=lambda: self.queue.admitted, resident=self.resident_versions)
-        self._reload_lock = threading.Lock()
+        self.residents = ResidentVersions(
+            config.name,
+            config.cache,
+            config.max_versions,
+            on_model_thread=lambda work: self.batcher.call(work),
+        )
+        self.batcher = Batcher(
+            self.residents,
+            config.batch_window_ms / 1000,
+            config.max_batch,
+            self.metrics.batch_size.observe,
+            kept=self._followed_content_ids,
+        )
+        if config.canary:
+            tags.check_stage(config.canary[0])  # a stage .gto does not declare can never hold a version
+        self.registry = routing.RegistryView(config.name)
+        self._sync_lock = threading.Lock()
         self.last_reload: dict[str, Any] | None = None
-        self.current: Deployment = deploy(config.name, config.stage, config.cache)
-        self.record_event("start", "prod", self.current.stage, self.current.version, self.current.content_id)
+        self.followed: Resident | None = None
+        self.canary: Resident | None = None
+        self._follow_first_holder()
+        self.record_event("start", "prod", self.stage, self.followed.version, self.followed.content_id)
+        if config.canary:
+            self._follow_canary()
         self.shadow = (
             ShadowRunner(
                 config.name,
@@ -167,11 +198,38 @@ class Server:
             if config.shadow
             else None
         )
+        self._stopping = threading.Event()
+        if config.sync_seconds > 0:
+            threading.Thread(target=self._follow_registry, name="registry-sync", daemon=True).start()
         _exempt_loaded_objects_from_gc()
+
+    def _followed_content_ids(self) -> set[str]:
+        followed = [getattr(self, "followed", None), getattr(self, "canary", None)]  # None while starting
+        return {resident.content_id for resident in followed if resident is not None}
+
+    def _follow_first_holder(self) -> None:
+        step = f"resolving stage {self.stage}"
+        try:
+            self.registry.refresh()
+            version, _ = self.registry.version_for(routing.Name("follow"), self.stage)
+            with self._new_holder(version) as first:
+                self.followed = first
+        except DeployFailed:
+            self.batcher.stop()
+            raise
+        except Exception as exc:
+            self.batcher.stop()
+            raise DeployFailed(f"{step} failed", exc) from exc
 
     def resident_versions(self) -> list[tuple[str, str, str | None, str | None]]:
         """(role, stage, version, content id) of each version loaded now."""
-        loaded = [("prod", self.current.stage, self.current.version, self.current.content_id)]
+        holders = {version: stage for stage, version in self.registry.holders.items()}
+        loaded = []
+        for resident in self.residents.all():
+            role = (
+                "prod" if resident is self.followed else "canary" if resident is self.canary else "resident"
+            )
+            loaded.append((role, holders.get(resident.version, ""), resident.version, resident.content_id))
         if self.shadow is not None:
             loaded.append(("shadow", self.shadow.stage, self.shadow.version, self.shadow.content_id))
         return loaded
@@ -191,40 +249,120 @@ class Server:
             error=error,
         )
 
-    # --- running requests on the model ---------------------------------------------------------
-    def _start(self, deployment: Deployment, query: Query, interrupt: Interrupt, streamer=None):
-        """Admit a request (or refuse it: 503) and queue it on its model's thread."""
+    # --- which version answers ---------------------------------------------------------------
+    async def route(self, requested: str | None, key: str | None) -> tuple[Resident, str | None, str | None]:
+        """(version that answers, pinned; stage the name resolved through; canary arm) for a
+        requested name; 404 for a name that resolves to nothing (nothing is loaded for it)."""
+        try:
+            name = routing.parse(requested if requested is not None else self.name, self.name)
+            if name.kind == "follow":
+                return self._split(key)
+            version, stage = await run_in_threadpool(self.registry.version_for, name, self.stage)
+        except routing.UnknownName as exc:
+            raise RequestRefused(
+                404, str(exc), [{"loc": ["model"], "msg": "not served here", "type": "model_not_found"}]
+            ) from None
+        if (resident := self.residents.pinned(version)) is not None:
+            return resident, stage, None
+        return await self._load_on_demand(version), stage, None
+
+    def _split(self, key: str | None) -> tuple[Resident, str | None, str | None]:
+        followed, canary = self.followed, self.canary
+        if not self.config.canary:
+            chosen = (followed, self.stage, None)
+        elif canary is not None and routing.in_canary(key, self.config.canary[1]):
+            chosen = (canary, self.config.canary[0], routing.CANARY)
+        else:
+            chosen = (followed, self.stage, routing.STABLE)
+        self.residents.pin(chosen[0])
+        return chosen
+
+    async def _load_on_demand(self, version: str) -> Resident:
+        """Fetch, verify and load a version a request named (the request waits, within its deadline;
+        other requests go on). A load the request stops waiting for still completes, unpinned."""
+        try:
+            resolved = await run_in_threadpool(self.registry.resolved, version)
+            loading = asyncio.ensure_future(run_in_threadpool(self.residents.ensure, resolved))
+            try:
+                return await asyncio.wait_for(asyncio.shield(loading), timeout=self.config.request_timeout)
+            except BaseException:
+                loading.add_done_callback(self._unpin_loaded)
+                raise
+        except TimeoutError:
+            raise RequestRefused(
+                503, f"{self.name}@{version} is still loading; retry shortly", headers={"Retry-After": "5"}
+            ) from None
+        except DeployFailed as exc:
+            say(f"serve: {exc}")
+            if isinstance(exc.__cause__, ForeignBase):
+                raise RequestRefused(409, f"{self.name}@{version}: {exc.__cause__}") from None
+            raise RequestRefused(503, f"{self.name}@{version}: {exc.reason}; see the server log") from None
+
+    def _unpin_loaded(self, loading: asyncio.Future) -> None:
+        if not loading.cancelled() and loading.exception() is None:
+            self.residents.unpin(loading.result())
+
+    # --- a request's life: accepted, answered, mirrored, logged ---------------------------------
+    @contextlib.asynccontextmanager
+    async def call(self, request: Request, model: type[BaseModel], requested=lambda parsed: parsed.model):
+        """Read the body (bounded in size and time), validate it against `model` (422 naming the
+        field), resolve the version it names and hold that version resident until the request
+        ends (a swap or an eviction meanwhile never touches it)."""
+        body = await read_body(request, self.config.max_body, self.config.body_timeout)
+        request_hash = hashlib.sha256(body).hexdigest()
+        note(request.scope, request_hash=request_hash)
+        try:
+            parsed = model.model_validate_json(body)
+        except ValidationError as exc:
+            raise from_validation(exc) from None
+        key = getattr(parsed, "user", None) or request.headers.get(SESSION_HEADER)
+        resident, stage, arm = await self.route(requested(parsed), key)
+        try:
+            note(request.scope, version=resident.version, content_id=resident.content_id, arm=arm)
+            yield parsed, Call(request, resident, request_hash, stage, arm)
+        finally:
+            self.residents.unpin(resident)
+
+    def _start(self, call: Call, interrupt: Interrupt, texts: asyncio.Queue | None = None) -> asyncio.Future:
+        """Admit a request (or refuse it: 503) and queue its row for the model's next batch."""
+        _injected_failure(call.query)
         self.queue.admit()
-        loop = asyncio.get_running_loop()
-        job = deployment.executor.submit(self._generate, deployment, query, interrupt, streamer)
-        self.metrics.batch_size.observe(1)  # the model answers one request per call
-
-        def release(done: concurrent.futures.Future) -> None:
-            # When the model is really free (not when the client is answered), on the event loop.
-            ok = not done.cancelled() and done.exception() is None
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is stopping
-                loop.call_soon_threadsafe(self.queue.release, done.result()[1] if ok else None)
-
-        job.add_done_callback(release)
-        return asyncio.wrap_future(job, loop=loop)
-
-    @staticmethod
-    def _generate(deployment: Deployment, query: Query, interrupt: Interrupt, streamer):
-        if interrupt.reason() is not None:  # expired or abandoned while it waited: skip it
-            if streamer is not None:
-                streamer.end()
-            raise Interrupted(interrupt.reason())
-        _injected_failure(query)
+        loop, future = asyncio.get_running_loop(), None
+        future = loop.create_future()
         started = time.perf_counter()
-        completion = deployment.predictor.complete(query, interrupt, streamer)
-        return completion, time.perf_counter() - started
+
+        def settle(outcome: Decoded | BaseException) -> None:  # on the event loop
+            self.queue.release(time.perf_counter() - started)
+            if not future.done():
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    try:
+                        future.set_result(completion_of(call.query, outcome))
+                    except Interrupted as exc:
+                        future.set_exception(exc)
+            if texts is not None:
+                texts.put_nowait(END_OF_TEXT)
+
+        def from_model_thread(callback, *args) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the server is stopping
+                loop.call_soon_threadsafe(callback, *args)
+
+        row = call.resident.predictor.row(
+            call.query,
+            interrupt,
+            on_text=(lambda text: from_model_thread(texts.put_nowait, text)) if texts is not None else None,
+            on_end=lambda decoded: from_model_thread(settle, decoded),
+        )
+        self.batcher.submit(Job(row, call.resident, on_failed=lambda exc: from_model_thread(settle, exc)))
+        return future
 
     def _interrupt(self) -> Interrupt:
         return Interrupt(time.monotonic() + self.config.request_timeout)
 
     async def _wait(self, awaitable, interrupt: Interrupt, request: Request):
         """The awaitable's result, unless the deadline passes or the client leaves first; either
-        way the model stops at its next token."""
+        way the row stops at its next token."""
         work = asyncio.ensure_future(awaitable)
         gone = asyncio.ensure_future(_client_gone(request))
         try:
@@ -245,43 +383,22 @@ class Server:
         work.cancel()
         raise _outcome(Interrupted("cancelled" if gone in done else "deadline"), self.config.request_timeout)
 
-    async def complete(self, deployment: Deployment, query: Query, request: Request) -> Completion:
+    async def complete(self, call: Call) -> Completion:
         interrupt = self._interrupt()
-        completion, _ = await self._wait(self._start(deployment, query, interrupt), interrupt, request)
-        return completion
+        return await self._wait(self._start(call, interrupt), interrupt, call.request)
 
-    async def stream(self, deployment: Deployment, query: Query, request: Request) -> TextStream:
+    async def stream(self, call: Call) -> TextStream:
         """Start a streamed generation; returns once its first text (or its end) is there, so a
         request that times out in the queue still gets a plain 504 rather than a broken stream."""
-        from transformers import AsyncTextIteratorStreamer
-
-        interrupt = self._interrupt()
-        streamer = AsyncTextIteratorStreamer(
-            deployment.predictor.tokenizer, skip_prompt=True, skip_special_tokens=True
-        )
-        future = self._start(deployment, query, interrupt, streamer)
-        stream = TextStream(streamer, future, interrupt, query, self.config.request_timeout)
-        with contextlib.suppress(StopAsyncIteration):  # no text at all: the stream's end says why
-            stream.pending.append(await self._wait(anext(streamer), interrupt, request))
+        interrupt, texts = self._interrupt(), asyncio.Queue()
+        future = self._start(call, interrupt, texts)
+        stream = TextStream(texts, future, interrupt, self.config.request_timeout)
+        first = await self._wait(texts.get(), interrupt, call.request)
+        if first is END_OF_TEXT and future.done() and future.exception() is not None:
+            exc = future.exception()
+            raise _outcome(exc, self.config.request_timeout) if isinstance(exc, Interrupted) else exc
+        stream.pending.append(first)
         return stream
-
-    # --- a request's life: accepted, answered, mirrored, logged ---------------------------------
-    async def accept(self, request: Request, model: type[BaseModel]) -> tuple[Any, Call]:
-        """Read the body (bounded in size and time), pin the deployment that will answer, and
-        validate the body against `model` (422 naming the field)."""
-        body = await read_body(request, self.config.max_body, self.config.body_timeout)
-        deployment = self.current  # held for the whole request: a swap meanwhile does not touch it
-        call = Call(request, deployment, hashlib.sha256(body).hexdigest())
-        note(
-            request.scope,
-            version=deployment.version,
-            content_id=deployment.content_id,
-            request_hash=call.request_hash,
-        )
-        try:
-            return model.model_validate_json(body), call
-        except ValidationError as exc:
-            raise from_validation(exc) from None
 
     def finished(self, call: Call, completion: Completion) -> None:
         """Note the answer for the log and hand the request to the shadow (never waits)."""
@@ -292,8 +409,8 @@ class Server:
             finish_reason=completion.finish_reason,
             completion_tokens=completion.completion_tokens,
         )
-        if self.shadow is None:
-            return
+        if self.shadow is None or call.resident is not self.followed or call.arm == routing.CANARY:
+            return  # the shadow mirrors what the followed stage answered
         query = call.query
         self.shadow.submit(
             {
@@ -305,8 +422,8 @@ class Server:
                 "stop": list(query.stop),
                 "prod_output": completion.text,
                 "prod_latency_ms": latency_ms,
-                "prod_version": call.deployment.version,
-                "prod_content_id": call.deployment.content_id,
+                "prod_version": call.resident.version,
+                "prod_content_id": call.resident.content_id,
             }
         )
 
@@ -319,61 +436,143 @@ class Server:
             **log.text_fields("output", output, keep),
         )
 
-    # --- state and swaps -------------------------------------------------------------------------
+    # --- state ---------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """Answered from memory only: never waits for the model, the log or the registry."""
         writer = self.writer.health()
         return {
             "status": "ok" if writer["healthy"] else "degraded",
-            "version": self.current.version,
-            "content_id": self.current.content_id,
+            "version": self.followed.version,
+            "content_id": self.followed.content_id,
+            "canary": self.canary.version if self.canary else None,
+            "resident": len(self.residents.all()),
             "queue": self.queue.describe(),
             "log": writer,
         }
 
     def describe(self) -> dict[str, Any]:
         return {
-            **self.current.describe(),
-            "model": self.current.model_id,
+            **self.followed.describe(),
+            "stage": self.stage,
+            "model": self.followed.model_id,
+            "canary": (
+                {"stage": self.config.canary[0], "percent": self.config.canary[1], **self.canary.describe()}
+                if self.canary
+                else None
+            ),
+            "resident": [
+                {"role": role, "stage": stage, "version": version, "content_id": content_id}
+                for role, stage, version, content_id in self.resident_versions()
+                if role != "shadow"
+            ],
+            "max_versions": self.config.max_versions,
+            "batches": self.batcher.batches,
+            "loads": self.residents.loads,
+            "evictions": self.residents.evictions,
             "queue": self.queue.describe(),
             "last_reload": self.last_reload,
             "shadow": self.shadow.describe() if self.shadow else None,
         }
 
-    def reload(self) -> dict[str, Any]:
-        """Re-resolve the stage; if it moved, fetch, verify and load the new version, then swap.
+    def models(self) -> list[tuple[str, Resident | None, str, str | None]]:
+        """(name, resident or None, version, stage) for /v1/models: the followed name, every held
+        stage and every resident version."""
+        listed = [(self.name, self.followed, self.followed.version, self.stage)]
+        for stage, version in sorted(self.registry.holders.items()):
+            listed.append((f"{self.name}@{stage}", self.residents.get(version), version, stage))
+        for resident in sorted(self.residents.all(), key=lambda r: r.version):
+            listed.append((resident.model_id, resident, resident.version, None))
+        return listed
 
-        Downloads happen outside any lock that requests take; a second reload while one runs is
+    # --- following the registry ----------------------------------------------------------------
+    def reload(self) -> dict[str, Any]:
+        """Re-read the registry now; load what the followed stage (and canary) hold if they moved.
+
+        Downloads happen outside anything requests wait for; a second reload while one runs is
         refused (409) rather than queued behind a download.
         """
-        if not self._reload_lock.acquire(blocking=False):
+        if not self._sync_lock.acquire(blocking=False):
             raise RequestRefused(409, "a reload is already running; retry when it has finished")
         try:
-            return self._reload()
+            return self._sync()
         except DeployFailed as exc:
             self.last_reload = {"time": log.now(), "ok": False, "reason": exc.reason}
-            say(f"serve: reload failed, still serving {self.current.version}: {exc}")
+            say(f"serve: reload failed, still serving {self.followed.version}: {exc}")
             self.record_event("error", "prod", self.stage, None, None, error=log.short_error(exc))
             raise RequestRefused(
-                500, f"reload failed ({exc.reason}); still serving {self.current.version}; see the server log"
+                500,
+                f"reload failed ({exc.reason}); still serving {self.followed.version}; see the server log",
             ) from None
         finally:
-            self._reload_lock.release()
+            self._sync_lock.release()
 
-    def _reload(self) -> dict[str, Any]:
-        changed = current_version(self.name, self.stage) != self.current.version
+    def _sync(self) -> dict[str, Any]:
+        try:
+            self.registry.refresh()
+        except Exception as exc:
+            raise DeployFailed("reading the registry failed", exc) from exc
+        holder = self.registry.holders.get(self.stage)
+        changed = holder is not None and holder != self.followed.version
         if changed:
-            new = deploy(self.name, self.stage, self.config.cache)
-            old, self.current = self.current, new  # one reference assignment: atomic for readers
-            # The old model must become collectable once its last request ends; then freeze again.
-            gc.unfreeze()
-            weakref.finalize(old, _exempt_loaded_objects_from_gc)
+            with self._new_holder(holder) as new:
+                old, self.followed = self.followed, new  # one reference assignment: atomic for readers
             self.record_event("swap", "prod", self.stage, new.version, new.content_id)
             say(f"serve: {self.stage} {old.version} → {new.version}")
-        if self.shadow and current_version(self.name, self.shadow.stage) != self.shadow.target:
+        if self.config.canary:
+            self._follow_canary()
+        if self.shadow and self.registry.holders.get(self.shadow.stage) != self.shadow.target:
             self.shadow.restart()  # asynchronous; /version shows its progress
         self.last_reload = {"time": log.now(), "ok": True, "changed": changed}
-        return {"changed": changed, **self.current.describe()}
+        return {"changed": changed, **self.followed.describe()}
+
+    @contextlib.contextmanager
+    def _new_holder(self, version: str) -> Iterator[Resident]:
+        """A stage's new holder, loaded and pinned while the caller makes it followed (and so
+        kept): no eviction can take it in between."""
+        try:
+            resident = self.residents.ensure(self.registry.resolved(version))
+        except DeployFailed:
+            raise
+        except Exception as exc:
+            raise DeployFailed(f"resolving {version} failed", exc) from exc
+        try:
+            yield resident
+        finally:
+            self.residents.unpin(resident)
+
+    def _follow_canary(self) -> None:
+        stage = self.config.canary[0]
+        holder = self.registry.holders.get(stage)
+        current = self.canary.version if self.canary else None
+        if holder == current:
+            return
+        if holder is None:
+            self.canary = None
+            return
+        with self._new_holder(holder) as new:
+            self.canary = new
+        self.record_event("swap", "canary", stage, new.version, new.content_id)
+
+    def _follow_registry(self) -> None:
+        """A stage moved by promote or rollback (here, or pushed from another clone) is live without
+        a restart: the registry is re-read as soon as git's tag refs change (a stat, TAGS_POLL_S
+        apart) and at the latest every --sync-seconds. A failed sync keeps serving; the next retries."""
+        git_dir = git.common_dir()
+        seen, synced = git.tag_refs_state(git_dir), time.monotonic()
+        while not self._stopping.wait(min(TAGS_POLL_S, self.config.sync_seconds)):
+            now = git.tag_refs_state(git_dir)
+            if now == seen and time.monotonic() - synced < self.config.sync_seconds:
+                continue
+            if not self._sync_lock.acquire(blocking=False):
+                continue  # a reload is running; it does the same work
+            seen, synced = now, time.monotonic()
+            try:
+                self._sync()
+            except Exception as exc:
+                self.last_reload = {"time": log.now(), "ok": False, "reason": log.short_error(exc)}
+                say(f"serve: following the registry failed, still serving {self.followed.version}: {exc}")
+            finally:
+                self._sync_lock.release()
 
     def reload_in_background(self, *_: Any) -> None:
         threading.Thread(target=self._reload_logged, name="serve-reload", daemon=True).start()
@@ -386,6 +585,8 @@ class Server:
                 say(f"serve: {exc.message}")
 
     def close(self) -> None:
+        self._stopping.set()
+        self.batcher.stop()
         if self.shadow:
             self.shadow.stop()
         self.writer.close()

@@ -13,6 +13,7 @@ from tuneledger.stages import stage_entry
 
 METRICS = ("loss", "perplexity", "exact_match")
 METRICS_FILE, COMPARISON_FILE = EVAL_RESULTS / "metrics.json", EVAL_RESULTS / "comparison.json"
+ANSWERS_FILE = EVAL_RESULTS / "answers.json"  # the tuned model's answers that exact match scored
 
 
 def run(params: Params) -> dict:
@@ -28,11 +29,14 @@ def run(params: Params) -> dict:
 
     # metrics.json keeps its contract (loss, perplexity, exact match per model); the share of answers
     # that ended by themselves is a property of generation, shown beside them in comparison.json.
+    answers = metrics["tuned"].pop("answers")
+    metrics["base"].pop("answers")
     contract = {name: {k: v for k, v in values.items() if k in METRICS} for name, values in metrics.items()}
     comparison = [{"model": name, **values} for name, values in metrics.items()]
-    with Publication(METRICS_FILE, COMPARISON_FILE) as outputs:  # both published together, or neither
+    with Publication(METRICS_FILE, COMPARISON_FILE, ANSWERS_FILE) as outputs:  # all together, or none
         outputs.staged_file(METRICS_FILE).write_text(json.dumps(contract, indent=2) + "\n")
         outputs.staged_file(COMPARISON_FILE).write_text(json.dumps(comparison, indent=2) + "\n")
+        outputs.staged_file(ANSWERS_FILE).write_text(json.dumps(answers, indent=1, ensure_ascii=False) + "\n")
     for name, values in metrics.items():
         say(
             f"{name:>5}: loss {values['loss']:.4f}  perplexity {values['perplexity']:.3f}  "

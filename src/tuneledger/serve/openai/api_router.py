@@ -25,6 +25,6 @@ def build_router(serving: OpenAIServing) -> APIRouter:
 
     @router.get("/models", response_model=protocol.ModelList)
     async def list_models() -> protocol.ModelList:
-        return serving.models()
+        return await serving.models()
 
     return router

@@ -78,9 +78,10 @@ class Usage(BaseModel):
 
 class Provenance(BaseModel):
     name: str
-    stage: str
+    stage: str | None  # the stage the requested name resolved through; None for a pinned version
     version: str
     content_id: str
+    arm: str | None = None  # stable or canary, when the followed name is split by --canary
 
 
 class Reply(BaseModel):

@@ -1,6 +1,7 @@
-"""The OpenAI-compatible routes' logic: requests become signature-checked queries on the live
-deployment, answers become OpenAI objects (whole, or streamed as server-sent events ending with
-`data: [DONE]`). Queueing, deadlines, the shadow and the log are the server's, as for /generate."""
+"""The OpenAI-compatible routes' logic: the `model` field names the version that answers (see
+serve.routing), requests become signature-checked queries on it, answers become OpenAI objects
+(whole, or streamed as server-sent events ending with `data: [DONE]`). Queueing, batching,
+deadlines, the shadow and the log are the server's, as for /generate."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from tuneledger.package.signature import SignatureViolation
 from tuneledger.predict import Completion, Query
 from tuneledger.progress import say
 from tuneledger.serve import log
-from tuneledger.serve.deployment import Deployment
 from tuneledger.serve.errors import RequestRefused, from_signature, note, render
 from tuneledger.serve.openai import protocol
 from tuneledger.serve.server import Call, Server, TextStream
@@ -34,61 +34,63 @@ class OpenAIServing:
         self.server = server
 
     # --- /v1/models ---------------------------------------------------------------------------
-    def models(self) -> protocol.ModelList:
-        deployment = self.server.current
-        card = {"created": int(deployment.since), "tuneledger": self._provenance(deployment)}
-        # The artifact name follows the stage; name@version pins the exact version.
-        return protocol.ModelList(
-            data=[
-                protocol.ModelCard(id=deployment.name, **card),
-                protocol.ModelCard(id=deployment.model_id, **card),
-            ]
-        )
+    async def models(self) -> protocol.ModelList:
+        """Each name a request may give, with the version, content id and stage it resolves to now."""
+        server, cards = self.server, []
+        for name, resident, version, stage in server.models():
+            content_id = (
+                resident.content_id if resident else (await self._resolved(version)).manifest.content_id
+            )
+            cards.append(
+                protocol.ModelCard(
+                    id=name,
+                    created=int(resident.since if resident else time.time()),
+                    tuneledger=protocol.Provenance(
+                        name=server.name, stage=stage, version=version, content_id=content_id
+                    ),
+                )
+            )
+        return protocol.ModelList(data=cards)
+
+    async def _resolved(self, version: str):
+        from fastapi.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.server.registry.resolved, version)
 
     # --- /v1/chat/completions and /v1/completions ----------------------------------------------
     async def chat(self, request: Request) -> Response:
-        parsed, call = await self._begin(request, protocol.ChatCompletionRequest)
-        messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
-        note(request.scope, prompt=json.dumps(messages, ensure_ascii=False))
-        if not call.deployment.predictor.is_chat:
-            raise RequestRefused(
-                400,
-                f"{call.deployment.model_id} is not a chat model (its package has no chat template); "
-                "send a prompt to /v1/completions instead",
+        async with self.server.call(request, protocol.ChatCompletionRequest) as (parsed, call):
+            messages = [{"role": m.role, "content": m.text()} for m in parsed.messages]
+            note(request.scope, prompt=json.dumps(messages, ensure_ascii=False))
+            if not call.resident.predictor.is_chat:
+                raise RequestRefused(
+                    400,
+                    f"{call.resident.model_id} is not a chat model (its package has no chat template); "
+                    "send a prompt to /v1/completions instead",
+                )
+            if parsed.max_tokens is not None and parsed.max_completion_tokens is not None:
+                raise RequestRefused(422, "give max_tokens or max_completion_tokens, not both")
+            limit_field = (
+                "max_completion_tokens" if parsed.max_completion_tokens is not None else "max_tokens"
             )
-        if parsed.max_tokens is not None and parsed.max_completion_tokens is not None:
-            raise RequestRefused(422, "give max_tokens or max_completion_tokens, not both")
-        limit_field = "max_completion_tokens" if parsed.max_completion_tokens is not None else "max_tokens"
-        call.params = self._params(parsed, parsed.max_completion_tokens or parsed.max_tokens)
-        call.query = self._check(
-            lambda: call.deployment.predictor.chat_query(messages, call.params, parsed.stop_strings()),
-            limit_field,
-        )
-        return await self._respond(call, parsed, _ChatShapes)
+            call.params = self._params(parsed, parsed.max_completion_tokens or parsed.max_tokens)
+            call.query = self._check(
+                lambda: call.resident.predictor.chat_query(messages, call.params, parsed.stop_strings()),
+                limit_field,
+            )
+            return await self._respond(call, parsed, _ChatShapes)
 
     async def completion(self, request: Request) -> Response:
-        parsed, call = await self._begin(request, protocol.CompletionRequest)
-        note(request.scope, prompt=parsed.prompt)
-        call.params = self._params(parsed, parsed.max_tokens)
-        call.query = self._check(
-            lambda: call.deployment.predictor.query(parsed.prompt, call.params, parsed.stop_strings()),
-            "max_tokens",
-        )
-        return await self._respond(call, parsed, _CompletionShapes)
+        async with self.server.call(request, protocol.CompletionRequest) as (parsed, call):
+            note(request.scope, prompt=parsed.prompt)
+            call.params = self._params(parsed, parsed.max_tokens)
+            call.query = self._check(
+                lambda: call.resident.predictor.query(parsed.prompt, call.params, parsed.stop_strings()),
+                "max_tokens",
+            )
+            return await self._respond(call, parsed, _CompletionShapes)
 
     # --- shared steps --------------------------------------------------------------------------
-    async def _begin(self, request: Request, model: type[protocol.Request]):
-        parsed, call = await self.server.accept(request, model)
-        deployment = call.deployment
-        if parsed.model not in (deployment.name, deployment.model_id):
-            raise RequestRefused(
-                404,
-                f"model {parsed.model!r} is not served here; use {deployment.name!r} (the version in "
-                f"{deployment.stage}) or {deployment.model_id!r}",
-                [{"loc": ["model"], "msg": "not served here", "type": "model_not_found"}],
-            )
-        return parsed, call
-
     @staticmethod
     def _params(parsed: protocol.SamplingRequest, max_tokens: int | None) -> dict[str, Any]:
         """The generation params the client set (the signature supplies the rest)."""
@@ -108,35 +110,37 @@ class OpenAIServing:
             raise from_signature(exc, rename={"max_new_tokens": limit_field}) from None
 
     @staticmethod
-    def _provenance(deployment: Deployment) -> protocol.Provenance:
+    def _provenance(call: Call) -> protocol.Provenance:
+        resident = call.resident
         return protocol.Provenance(
-            name=deployment.name,
-            stage=deployment.stage,
-            version=deployment.version,
-            content_id=deployment.content_id,
+            name=resident.name,
+            stage=call.stage,
+            version=resident.version,
+            content_id=resident.content_id,
+            arm=call.arm,
         )
 
     async def _respond(self, call: Call, parsed: protocol.SamplingRequest, shapes) -> Response:
-        deployment = call.deployment
+        resident = call.resident
         reply = {
             "id": f"{shapes.prefix}-{uuid.uuid4().hex}",
             "created": int(time.time()),
-            "model": deployment.model_id,
-            "system_fingerprint": deployment.content_id,
-            "tuneledger": self._provenance(deployment),
+            "model": resident.model_id,
+            "system_fingerprint": resident.content_id,
+            "tuneledger": self._provenance(call),
         }
         if parsed.stream:
-            stream = await self.server.stream(deployment, call.query, call.request)
+            stream = await self.server.stream(call)
             include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
             return StreamingResponse(
                 self._events(call, stream, shapes, reply, include_usage),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", **deployment.headers()},
+                headers={"Cache-Control": "no-cache", **resident.headers()},
             )
-        completion = await self.server.complete(deployment, call.query, call.request)
+        completion = await self.server.complete(call)
         self.server.finished(call, completion)
         return JSONResponse(
-            shapes.whole(reply, completion).model_dump(mode="json"), headers=deployment.headers()
+            shapes.whole(reply, completion).model_dump(mode="json"), headers=resident.headers()
         )
 
     async def _events(
