@@ -80,8 +80,9 @@ def start(repo: Path, *options: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not start")
 
 
-def ask(url: str, messages, model: str) -> tuple[float, int]:
-    """(seconds to the first text, output tokens) of one streamed chat completion."""
+def ask(url: str, messages, model: str) -> tuple[float | None, int]:
+    """(seconds to the first text, output tokens) of one streamed chat completion; (None, 0) if
+    it failed."""
     body = {
         "model": model,
         "messages": messages,
@@ -91,7 +92,9 @@ def ask(url: str, messages, model: str) -> tuple[float, int]:
         "stream_options": {"include_usage": True},
     }
     started, first, tokens = time.perf_counter(), None, 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as reply:
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=900) as reply:
+        if reply.status_code != 200:
+            return None, 0
         for line in reply.iter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -100,18 +103,21 @@ def ask(url: str, messages, model: str) -> tuple[float, int]:
                 first = time.perf_counter() - started
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-    return first or 0.0, tokens
+    return first, tokens
 
 
 def load(url: str, clients: int, models: list[str]) -> dict:
     """`clients` closed-loop clients, max(1, 16 // clients) requests each; tokens/s and TTFT."""
-    each, firsts, tokens = max(1, 16 // clients), [], []
+    each, firsts, tokens, failed = max(1, 16 // clients), [], [], []
 
     def client(index: int) -> None:
         for round_ in range(each):
             first, count = ask(url, PROMPTS[(index + round_) % len(PROMPTS)], models[index % len(models)])
-            firsts.append(first)
-            tokens.append(count)
+            if first is None:
+                failed.append(index)
+            else:
+                firsts.append(first)
+                tokens.append(count)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -126,6 +132,7 @@ def load(url: str, clients: int, models: list[str]) -> dict:
         "ttft_p50": statistics.median(ordered),
         "ttft_p95": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
         "requests": len(firsts),
+        "failed": len(failed),
     }
 
 
@@ -219,14 +226,15 @@ def run(ctx: dict) -> dict:
 
 def measure(repo: Path, versions: list[str]) -> dict:
     figures: dict[str, dict] = {}
-    one, one_url = start(repo, "--max-batch", "1")
+    # Deadlines long enough for the slowest contender: every request is answered, none times out.
+    one, one_url = start(repo, "--max-batch", "1", "--request-timeout", "900")
     try:
         for clients in CLIENTS:
             figures[f"one {clients}"] = load(one_url, clients, ["lora-adapter"])
     finally:
         one.terminate()
         one.wait()
-    batched, url = start(repo)
+    batched, url = start(repo, "--request-timeout", "900")
     try:
         probe = HealthProbe(url)
         for clients in CLIENTS:
@@ -254,7 +262,7 @@ def report(figures: dict, reference: dict, health_p99: float, rollback: float) -
                     f"{label}, {clients} client(s)",
                     f"{f['tokens_per_s']:.1f} tokens/s",
                     f"TTFT p50 {f['ttft_p50'] * 1000:.0f} ms, p95 {f['ttft_p95'] * 1000:.0f} ms; "
-                    f"{f['requests']} requests",
+                    f"{f['requests']} requests, {f['failed']} failed",
                 )
             )
     rows += [
@@ -304,6 +312,8 @@ def report(figures: dict, reference: dict, health_p99: float, rollback: float) -
         "notes": (
             "One run each (a 16-client round of 64 tokens takes tens of seconds here). The one-at-a-time "
             "row is the same server with --max-batch 1: one request generates while the others wait. "
+            "The batched server admits queued requests into its running batch between steps "
+            "(continuous batching). "
             "generate_batch and the padded generate run in a process of their own on the merged adapter "
             "and report throughput only (no streaming, so no time to first token)."
         ),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import interleaved, summary
 
-from tuneledger.serve import log
+from tuneledger.serve import log, log_reports
 
 SIZES = (1_000_000, 10_000_000)
 RATE = 10.0  # requests per second
@@ -101,7 +101,7 @@ def run(ctx: dict, rounds: int = 5) -> dict:
     in_process = []
     for _ in range(rounds):
         started = time.perf_counter()
-        log.shadow_report(logs[SIZES[-1]][0], "v1.1.0")
+        log_reports.shadow_report(logs[SIZES[-1]][0], "v1.1.0")
         in_process.append(time.perf_counter() - started)
     for pairs in SIZES:
         path, build_seconds, size = logs[pairs]

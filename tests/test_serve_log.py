@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import run
-from tuneledger.serve import log
+from tuneledger.serve import log, log_reports
 
 
 def pair(when: float, version: str = "v1.1.0", agree: int = 1, error: str | None = None, latency=10.0):
@@ -94,7 +94,7 @@ def test_retention_prunes_old_rows_and_keeps_events(tmp_path):
     db = sqlite3.connect(db_path)
     assert [t for (t,) in db.execute("SELECT time FROM requests ORDER BY time")] == [recent, now]
     assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
-    report = log.shadow_report(db_path)
+    report = log_reports.shadow_report(db_path)
     assert report["pairs"] == 1
 
 
@@ -118,15 +118,15 @@ def test_shadow_report_sums_the_rollup_and_filters_by_version_and_since(tmp_path
     rows += [("shadow_pairs", pair(base + 10, version="v1.2.0", agree=0))]
     log.write_batch(db, rows)
     db.close()
-    everything = log.shadow_report(db_path, "v1.1.0")
+    everything = log_reports.shadow_report(db_path, "v1.1.0")
     assert (everything["pairs"], everything["errors"], everything["drops"]) == (120, 1, 1)
     assert everything["exact_agreement"] == pytest.approx(95 / 120)
     assert everything["shadow_versions"] == ["v1.1.0"]
     assert everything["prod_latency_ms"]["p50"] == 10.0 and everything["shadow_latency_ms"]["p95"] == 20.0
-    later = log.shadow_report(db_path, "v1.1.0", since=base + 3600 + 30)  # counts from its minute
+    later = log_reports.shadow_report(db_path, "v1.1.0", since=base + 3600 + 30)  # counts from its minute
     assert (later["pairs"], later["errors"], later["drops"], later["exact_agreement"]) == (20, 1, 1, 1.0)
     assert later["since"].startswith("2023-11-14T23:13")
-    assert log.shadow_report(db_path)["shadow_versions"] == ["v1.1.0", "v1.2.0"]
+    assert log_reports.shadow_report(db_path)["shadow_versions"] == ["v1.1.0", "v1.2.0"]
 
 
 def test_a_log_from_before_the_rollup_is_counted_on_open(tmp_path):
@@ -145,7 +145,7 @@ def test_a_log_from_before_the_rollup_is_counted_on_open(tmp_path):
     )
     db.commit()
     db.close()
-    report = log.shadow_report(db_path)
+    report = log_reports.shadow_report(db_path)
     assert report["pairs"] == 10 and report["exact_agreement"] == 0.5
     assert "prompt_sha256" in {
         row[1] for row in sqlite3.connect(db_path).execute("PRAGMA table_info(shadow_pairs)")

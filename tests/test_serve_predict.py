@@ -134,3 +134,26 @@ def test_a_row_past_its_deadline_inside_a_batch_leaves_it_and_the_rest_go_on(pre
     assert late.interrupted == "deadline" and 0 < len(late.token_ids) < 160
     assert on_time.interrupted is None and len(on_time.token_ids) == 30
     assert on_time.token_ids == decode(predictor.model, rows_for(predictor, [("sun", 30)]))[0].token_ids
+
+
+def test_rows_that_join_a_running_batch_answer_as_each_alone(predictor):
+    """Continuous batching: rows admitted between steps (prefilled, their cache merged in with
+    left padding) answer exactly as alone, and so do the rows they joined. Seeded samples: they
+    follow the exact probabilities, where a greedy argmax would hide a masking slip."""
+    sampled = {"temperature": 0.05, "seed": 11}  # sharp enough that a masking slip changes samples
+    starting = rows_for(predictor, MIXED[:2], **sampled)
+    waiting = rows_for(predictor, MIXED[2:] + MIXED[:1], **sampled)
+    outcomes, joined = {}, []
+    for i, row in enumerate(starting + waiting):
+        row.on_end = lambda decoded, i=i: outcomes.__setitem__(i, decoded)
+
+    def admit(running: int) -> list[Row]:
+        if waiting and running < 3:
+            joined.append(running)
+            return [waiting.pop(0)]
+        return []
+
+    decode(predictor.model, starting, admit=admit)
+    alone = [decode(predictor.model, [row])[0] for row in rows_for(predictor, MIXED + MIXED[:1], **sampled)]
+    assert [outcomes[i].token_ids for i in range(len(alone))] == [d.token_ids for d in alone]
+    assert len(joined) == 3 and not waiting

@@ -6,9 +6,10 @@ cancellation. A row that ends leaves the batch at once (its cache rows are dropp
 go on.
 
 Hand-written rather than `model.generate`, because generate decides for the whole batch: one eos
-list, one stop-string list, the process-wide random generator, and finished rows keep computing
-until the last one ends. The model calls are the ones generate makes: a left-padded prefill with
-position ids from the attention mask, then one token per step on the KV cache. Sampling uses
+list, one stop-string list, the process-wide random generator, finished rows keep computing until
+the last one ends, and no row can join a batch that runs. The model calls are the ones generate
+makes: a left-padded prefill with position ids from the attention mask, then one token per step on
+the KV cache. Rows may join a running batch (continuous batching: see `_Batch`). Sampling uses
 transformers' own logits warpers.
 """
 
@@ -130,6 +131,7 @@ class _Progress:
 
     def __init__(self, row: Row, device):
         self.row, self.tokens = row, []
+        self.outcome: Decoded | None = None
         self.fed = self.shown = ""  # text decoded so far; text passed the stop scanner
         self.scanner = StopScanner(row.stop)
         self.generator = None
@@ -172,10 +174,10 @@ class _Progress:
     def end(self, finish_reason: str, interrupted: str | None = None) -> Decoded:
         if interrupted is None:
             self._show(self.scanner.flush())
-        outcome = Decoded(self.shown, list(self.tokens), finish_reason, interrupted)
+        self.outcome = Decoded(self.shown, list(self.tokens), finish_reason, interrupted)
         if self.row.on_end is not None:
-            self.row.on_end(outcome)
-        return outcome
+            self.row.on_end(self.outcome)
+        return self.outcome
 
 
 def _left_padded(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,66 +190,158 @@ def _left_padded(rows: list[Row], pad: int, device) -> tuple[torch.Tensor, torch
     return ids.to(device), mask.to(device)
 
 
-def _adapter_names(rows: list[_Progress]) -> dict[str, Any]:
-    names = [p.row.adapter for p in rows]
-    if all(name is None for name in names):
+def _adapters(model, rows: list[_Progress]) -> dict[str, Any]:
+    """The forward's adapter argument: none for a plain model; one adapter made active when every
+    row uses it (the plain path, which DoRA needs too); else peft's per-row `adapter_names`."""
+    names = {p.row.adapter for p in rows}
+    if names == {None}:
         return {}
-    return {"adapter_names": [name or BASE_ADAPTER for name in names]}
+    if len(names) == 1:
+        model.set_adapter(names.pop())
+        return {}
+    return {"adapter_names": [p.row.adapter or BASE_ADAPTER for p in rows]}
 
 
-@torch.inference_mode()
-def decode(model, rows: list[Row]) -> list[Decoded]:
-    """Decode every row; each outcome is also handed to the row's `on_end` when the row leaves."""
-    device = next(model.parameters()).device
-    outcomes: dict[int, Decoded] = {}
-    active: list[tuple[int, _Progress]] = []
-    for index, row in enumerate(rows):
-        progress = _Progress(row, device)
-        if (reason := row.interrupt.reason()) is not None or row.max_new_tokens < 1:
-            outcomes[index] = progress.end("length", reason)
-        else:
-            active.append((index, progress))
-    if active:
-        _run(model, active, outcomes, device)
-    return [outcomes[index] for index in range(len(rows))]
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
 
 
-def _run(model, active: list[tuple[int, _Progress]], outcomes: dict[int, Decoded], device) -> None:
-    ids, mask = _left_padded([p.row for _, p in active], 0, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = None
-    while active:
-        out = model(
+class _Batch:
+    """The rows decoding together: their KV cache, their attention mask (0 where a row has no
+    token: left padding), the position of each row's last token, and the tokens to feed next.
+
+    Rows join with a prefill of their own whose cache is merged in (padded on the left to a common
+    length: the mask hides the padding, positions are per row), and leave by having their cache
+    rows dropped; padding no row needs any more is cropped, so the cache stays as long as its
+    longest row. Joining needs plain growing caches (transformers' DynamicLayer): a model with
+    another cache (sliding windows) only decodes the rows it started with."""
+
+    def __init__(self, model, device):
+        self.model, self.device = model, device
+        self.rows: list[_Progress] = []
+        self.cache = self.mask = self.last = None
+        self.tokens: list[int] = []
+
+    def _forward(self, rows, ids, mask, positions, cache):
+        out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,  # the next token's logits only (the prefill's others are never read)
-            **_adapter_names([p for _, p in active]),
+            logits_to_keep=1,  # the next token's logits only (a prefill's others are never read)
+            **_adapters(self.model, rows),
         )
-        cache, logits = out.past_key_values, out.logits[:, -1, :].float()
+        return out.past_key_values, out.logits[:, -1, :].float()
+
+    @staticmethod
+    def _choose(rows: list[_Progress], logits: torch.Tensor) -> list[int | None]:
+        """Each row's next token, or None for a row that has ended (its outcome handed on)."""
         greedy = logits.argmax(dim=-1).tolist()
-        kept, tokens = [], []
-        for position, (index, progress) in enumerate(active):
-            reason = progress.row.interrupt.reason()
-            token = progress.choose(logits[position], greedy[position]) if reason is None else None
-            done = progress.end("length", reason) if reason else progress.add(token)
-            if done is not None:
-                outcomes[index] = done
-            else:
-                kept.append(position)
-                tokens.append(token)
-        if len(kept) < len(active):
-            if not kept:
-                return
-            keep = torch.tensor(kept, device=device)
-            cache.batch_select_indices(keep)
-            mask, positions = mask[keep], positions[keep]
-            active = [active[position] for position in kept]
-        ids = torch.tensor(tokens, device=device)[:, None]
-        mask = torch.cat([mask, mask.new_ones((len(kept), 1))], dim=-1)
-        positions = positions[:, -1:] + 1
+        chosen = []
+        for i, progress in enumerate(rows):
+            if (reason := progress.row.interrupt.reason()) is not None:
+                progress.end("length", reason)
+                chosen.append(None)
+                continue
+            token = progress.choose(logits[i], greedy[i])
+            chosen.append(None if progress.add(token) is not None else token)
+        return chosen
+
+    def can_join(self) -> bool:
+        from transformers.cache_utils import DynamicLayer
+
+        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, joining: list[_Progress]) -> None:
+        """Prefill new rows and add those still going after their first token."""
+        if not joining:
+            return
+        ids, mask = _left_padded([p.row for p in joining], 0, self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, logits = self._forward(joining, ids, mask, positions, None)
+        chosen = self._choose(joining, logits)
+        keep = [i for i, token in enumerate(chosen) if token is not None]
+        if not keep:
+            return
+        index = torch.tensor(keep, device=self.device)
+        cache.batch_select_indices(index)
+        mask, last = mask[index], positions[index, -1:]
+        rows, tokens = [joining[i] for i in keep], [chosen[i] for i in keep]
+        if self.cache is None:
+            self.cache, self.mask, self.last, self.rows, self.tokens = cache, mask, last, rows, tokens
+            return
+        length = max(self.mask.shape[1], mask.shape[1])
+        for ours, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            ours.keys = torch.cat([_pad_left(ours.keys, length, -2), _pad_left(theirs.keys, length, -2)])
+            ours.values = torch.cat(
+                [_pad_left(ours.values, length, -2), _pad_left(theirs.values, length, -2)]
+            )
+        self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(mask, length, 1)])
+        self.last = torch.cat([self.last, last])
+        self.rows, self.tokens = self.rows + rows, self.tokens + tokens
+
+    def step(self) -> None:
+        """One token for every row; rows that end leave."""
+        ids = torch.tensor(self.tokens, device=self.device)[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=-1)
+        self.last = self.last + 1
+        self.cache, logits = self._forward(self.rows, ids, self.mask, self.last, self.cache)
+        chosen = self._choose(self.rows, logits)
+        keep = [i for i, token in enumerate(chosen) if token is not None]
+        if len(keep) < len(self.rows):
+            self._keep(keep)
+        self.tokens = [chosen[i] for i in keep]
+
+    def _keep(self, keep: list[int]) -> None:
+        if not keep:
+            self.rows, self.cache, self.mask, self.last = [], None, None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.last = self.mask[index], self.last[index]
+        self.rows = [self.rows[i] for i in keep]
+        first = int((self.mask.sum(dim=0) > 0).nonzero()[0])  # columns before it pad every row
+        if first > 0 and self.can_join():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+            self.mask = self.mask[:, first:]
+
+
+def _starting(rows: list[Row], device) -> tuple[list[_Progress], list[_Progress]]:
+    """Every row's progress, and those that start decoding (not already past their deadline,
+    cancelled, or asked for no token at all: those end here)."""
+    progresses, starting = [], []
+    for row in rows:
+        progress = _Progress(row, device)
+        progresses.append(progress)
+        if (reason := row.interrupt.reason()) is not None or row.max_new_tokens < 1:
+            progress.end("length", reason)
+        else:
+            starting.append(progress)
+    return progresses, starting
+
+
+@torch.inference_mode()
+def decode(model, rows: list[Row], admit: Callable[[int], list[Row]] | None = None) -> list[Decoded]:
+    """Decode `rows` together; each outcome is also handed to its row's `on_end` when it leaves.
+
+    With `admit`, more rows join the running batch between steps: `admit(n)` is called with the
+    number of rows decoding and returns rows to add (whose outcomes go to their `on_end` only)."""
+    device = next(model.parameters()).device
+    progresses, starting = _starting(rows, device)
+    batch = _Batch(model, device)
+    batch.join(starting)
+    while batch.rows:
+        batch.step()
+        if admit is not None and batch.rows and batch.can_join():
+            batch.join(_starting(admit(len(batch.rows)), device)[1])
+    return [progress.outcome for progress in progresses]
 
 
 # --- evaluation's and the CLI's use: prompts in, answers out -----------------------------------

@@ -38,7 +38,7 @@ from tuneledger.registry.versions import (
     resolve,
     scratch_dir,
 )
-from tuneledger.serve import log
+from tuneledger.serve import log, log_reports
 from tuneledger.serve.config import ServeConfig, parse_canary
 
 BUMPS = ("major", "minor", "patch")
@@ -217,7 +217,7 @@ def promote(
     if require_canary:
         from tuneledger.serve.canary_check import canary_check
 
-        start = log.parse_since(since) if since else None
+        start = log_reports.parse_since(since) if since else None
         extra_checks.append(canary_check(version, load_params().registry, db, start))
     with registry_lock(f"promote {name} {version} → {stage}"):
         candidate = resolve(name, version=version)
@@ -329,7 +329,7 @@ def history(name: str | None = None, db: Path | None = None) -> list[dict[str, A
     ]
     db = db or (log.DEFAULT_DB if log.DEFAULT_DB.is_file() else None)
     if db is not None:
-        rows += [e for e in log.serving_events(db) if name is None or e["artifact"] == name]
+        rows += [e for e in log_reports.serving_events(db) if name is None or e["artifact"] == name]
     return sorted(rows, key=lambda r: r["time"], reverse=True)
 
 
@@ -370,11 +370,15 @@ def serve(**options: Any) -> None:
 
 
 def canary_report(db: Path | None = None, since: str | None = None, version: str | None = None) -> dict:
-    """The canary arms side by side (see serve.log.canary_report); `since` as for shadow_report."""
-    return log.canary_report(db or log.DEFAULT_DB, log.parse_since(since) if since else None, version)
+    """The canary arms side by side (see serve.log_reports.canary_report); `since` as for shadow_report."""
+    return log_reports.canary_report(
+        db or log.DEFAULT_DB, log_reports.parse_since(since) if since else None, version
+    )
 
 
 def shadow_report(db: Path | None = None, version: str | None = None, since: str | None = None) -> dict:
     """Agreement of the shadow with prod, latency of both sides, errors and drops; `since` is a
     duration back (90m, 24h, 7d) or a time (2025-01-31T12:00)."""
-    return log.shadow_report(db or log.DEFAULT_DB, version, log.parse_since(since) if since else None)
+    return log_reports.shadow_report(
+        db or log.DEFAULT_DB, version, log_reports.parse_since(since) if since else None
+    )

@@ -12,93 +12,32 @@ JSON-only POSTs.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
-import time
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict
+from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
-from tuneledger.package.signature import SignatureViolation
 from tuneledger.progress import say
 from tuneledger.secrets import register_secret
 from tuneledger.serve import log
 from tuneledger.serve.config import ServeConfig
-from tuneledger.serve.errors import RequestRefused, from_signature, note, render
+from tuneledger.serve.errors import RequestRefused, render
 from tuneledger.serve.guards import (
-    RequestLog,
     RequireBearer,
     RequireJson,
     SameOriginOnly,
     connection_limits,
 )
+from tuneledger.serve.native import native_router
 from tuneledger.serve.openai.api_router import build_router
 from tuneledger.serve.openai.serving import OpenAIServing
+from tuneledger.serve.request_log import RequestLog
 from tuneledger.serve.server import Server
 
-
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    prompt: str
-    version: str | None = None  # NAME, NAME@STAGE, NAME@vX.Y.Z or a content-id prefix; None: NAME
-    user: str | None = None  # keeps a client in one canary arm
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-
-
-def native_router(server: Server) -> APIRouter:
-    router = APIRouter()
-
-    @router.post("/generate")
-    async def generate(request: Request):
-        async with server.call(request, GenerateRequest, requested=lambda parsed: parsed.version) as (
-            parsed,
-            call,
-        ):
-            note(request.scope, prompt=parsed.prompt)
-            call.params = parsed.model_dump(
-                include={"max_new_tokens", "temperature", "top_p", "seed"}, exclude_none=True
-            )
-            try:
-                call.query = call.resident.predictor.query(parsed.prompt, call.params)
-            except SignatureViolation as exc:
-                raise from_signature(exc) from None
-            completion = await server.complete(call)
-            server.finished(call, completion)
-            return JSONResponse(
-                {
-                    "text": completion.text,
-                    "version": call.resident.version,
-                    "content_id": call.resident.content_id,
-                    "latency_ms": round((time.perf_counter() - call.started) * 1000, 3),
-                },
-                headers=call.resident.headers(),
-            )
-
-    @router.get("/health")
-    async def health() -> dict[str, Any]:
-        return server.health()  # from memory, on the event loop: never queued behind the model
-
-    @router.get("/metrics")
-    async def metrics() -> Response:
-        content, media_type = server.metrics.render()
-        return Response(content, media_type=media_type)
-
-    @router.get("/version")
-    async def version() -> dict[str, Any]:
-        return server.describe()
-
-    @router.post("/admin/reload")
-    async def reload() -> dict[str, Any]:
-        return await run_in_threadpool(server.reload)  # a download must not block the event loop
-
-    return router
+logger = logging.getLogger(__name__)
 
 
 def create_app(server: Server) -> FastAPI:
@@ -114,7 +53,7 @@ def create_app(server: Server) -> FastAPI:
         description="Answers from the registry's version; every reply names it.",
         lifespan=lifespan,
     )
-    app.include_router(native_router(server))
+    app.include_router(native_router(server))  # /generate, /health, /metrics, /version, /admin/reload
     app.include_router(build_router(OpenAIServing(server)))
 
     @app.exception_handler(RequestRefused)
@@ -123,7 +62,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:
-        say(f"serve: {request.method} {request.url.path} failed: {log.short_error(exc)}")
+        logger.error(f"{request.method} {request.url.path} failed: {log.short_error(exc)}")
         return render(request.scope, RequestRefused(500, "internal error; see the server log"))
 
     # add_middleware wraps what is there: the last added runs first.
@@ -143,9 +82,21 @@ def create_app(server: Server) -> FastAPI:
     return app
 
 
+def _operators_log() -> None:
+    """The server's events (swaps, failed reloads, trouble with the log or a batch) on stderr, with
+    a timestamp, a level and the module that speaks; requests go to the serving log instead."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    serving = logging.getLogger("tuneledger.serve")
+    serving.addHandler(handler)
+    serving.setLevel(logging.INFO)
+    serving.propagate = False
+
+
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
+    _operators_log()
     config.check_bind()
     for warning in config.warnings():
         say(warning)

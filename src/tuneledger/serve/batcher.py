@@ -4,14 +4,15 @@ versions (peft's mixed-adapter batches), and adapters go on and off the model be
 One thread owns the model, so a batch never meets an adapter half loaded or unloaded, and the
 event loop (and /health) never waits behind the model. Each row keeps its own limits, sampling,
 random generator, stop strings, deadline and cancellation (tuneledger.generation.decode); a row
-that ends is answered at once and leaves the batch. A batch is formed when the model is free:
-requests arriving while it runs wait for the next one.
+that ends is answered at once and leaves the batch, and queued requests join the running batch
+between its steps (continuous batching).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneledger.generation import Decoded, Row, decode
-from tuneledger.progress import say
 from tuneledger.serve.residents import Resident, ResidentVersions
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -52,7 +54,7 @@ class Batcher:
         )
         self._changed = threading.Condition()
         self._stopping = False
-        self.batches = 0
+        self.batches = self.joined = 0  # batches started; requests that joined one running
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
         self._thread.start()
 
@@ -125,17 +127,39 @@ class Batcher:
         return batch
 
     def _run(self, batch: list[Job]) -> None:
+        """Decode the batch; while it runs, queued requests that may share it join between steps
+        (continuous batching), unless adapters wait to go on or off the model: then it drains."""
+        head, running = batch[0].resident, list(batch)
         for job in batch:
             job.row.on_end = _marking_ended(job, job.row.on_end)
+
+        def admit(decoding: int) -> list:
+            joining = self._joining(head, self.max_batch - decoding)
+            for job in joining:
+                job.row.on_end = _marking_ended(job, job.row.on_end)
+            running.extend(joining)
+            return [job.row for job in joining]
+
         self.on_batch(len(batch))
         self.batches += 1
         try:
-            decode(self.residents.model, [job.row for job in batch])
+            decode(self.residents.model, [job.row for job in batch], admit=admit)
         except Exception as exc:  # each request still waiting gets the failure as its answer
-            say(f"serve: a batch of {len(batch)} failed: {type(exc).__name__}: {exc}")
-            for job in batch:
+            logger.error(f"a batch of {len(running)} failed: {type(exc).__name__}: {exc}")
+            for job in running:
                 if not job.ended:
                     job.on_failed(exc)
+
+    def _joining(self, head: Resident, room: int) -> list[Job]:
+        with self._changed:
+            if room <= 0 or self._tasks or self._stopping:
+                return []
+            joining = [job for job in self._jobs if _compatible(head, job.resident)][:room]
+            for job in joining:
+                self._jobs.remove(job)
+        if joining:
+            self.joined += len(joining)
+        return joining
 
 
 def _compatible(head: Resident, other: Resident) -> bool:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from tuneledger.params import RegistryParams
 from tuneledger.registry.promotion_gate import Check
-from tuneledger.serve import log
+from tuneledger.serve import log, log_reports
 
 
 def canary_check(
     version: str, limits: RegistryParams, db: Path | None = None, since: float | None = None
 ) -> Check:
-    report = log.canary_report(db or log.DEFAULT_DB, since=since, version=version)
+    report = log_reports.canary_report(db or log.DEFAULT_DB, since=since, version=version)
     canary, stable = report["arms"]["canary"], report["arms"]["stable"]
     if canary["requests"] < limits.canary_min_requests or not stable["requests"]:
         return Check(

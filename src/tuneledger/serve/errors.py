@@ -14,8 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from tuneledger.package.signature import SignatureViolation
-
-LOG_SCOPE_KEY = "tuneledger.log"  # per-request facts handlers leave for the request log
+from tuneledger.serve.request_log import note
 
 OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -84,11 +83,6 @@ def from_validation(exc: ValidationError) -> RequestRefused:
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     where = ".".join(first["loc"]) or "body"
     return RequestRefused(422, f"{where}: {first['msg']}", errors)
-
-
-def note(scope: Scope, **facts: Any) -> None:
-    """Record facts about this request for its log row (version, prompt, output, error...)."""
-    scope.setdefault(LOG_SCOPE_KEY, {}).update(facts)
 
 
 def render(scope: Scope, refused: RequestRefused) -> JSONResponse:

@@ -1,6 +1,5 @@
-"""The server's boundary: who may call (bearer key, origin, connections per address), what they may
-send (JSON, bounded in size and time), and that every request is accounted for: a row with its
-status for each one that reached a route, a count per minute and status for each refused before.
+"""The server's boundary: who may call (bearer key, origin, connections per address) and what
+they may send (JSON only). Every request is accounted for by serve.request_log.
 
 The host check and CORS are Starlette's own middleware (see app.py). What is here has no library
 equivalent: Starlette's CORS middleware adds headers but still runs a cross-origin request, so a
@@ -10,85 +9,15 @@ ASGI middleware, so they run before routing and the body is never read for a ref
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 from collections import Counter
-from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from tuneledger.serve import log
-from tuneledger.serve.errors import LOG_SCOPE_KEY, RequestRefused, render
-
-OPEN_PATHS = ("/health",)  # answered without a key: load balancers probe it
-
-
-class RequestLog:
-    """Outermost: times every request and accounts for it with the status it really got (a log row
-    and metrics when it reached a route; a refusal count when it did not)."""
-
-    def __init__(self, app: ASGIApp, server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        started, status = time.perf_counter(), None
-        facts: dict[str, Any] = scope.setdefault(LOG_SCOPE_KEY, {})
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_see)
-        except Exception as exc:  # the 500 itself is rendered by the app's exception handler
-            facts.setdefault("error", log.short_error(exc))
-            status = status or 500
-            raise
-        finally:
-            self._record(scope, facts, facts.get("status") or status or 499, started)
-
-    def _record(self, scope: Scope, facts: dict[str, Any], status: int, started: float) -> None:
-        if "endpoint" not in scope and 400 <= status < 500:  # refused before any route: counted only
-            self.server.writer.count_refusal(status, log.now())
-            self.server.metrics.refused.labels(str(status)).inc()
-            return
-        seconds = time.perf_counter() - started
-        route = getattr(scope.get("route"), "path", scope["path"])  # the template: bounded label values
-        self.server.metrics.answered(
-            route,
-            status,
-            facts.get("version"),
-            facts.get("content_id"),
-            seconds,
-            facts.get("completion_tokens"),
-        )
-        self.server.log_request(
-            {
-                "time": log.now(),
-                "method": scope["method"],
-                "path": scope["path"],
-                "status": status,
-                "request_hash": facts.get("request_hash"),
-                "version": facts.get("version"),
-                "content_id": facts.get("content_id"),
-                "latency_ms": seconds * 1000,
-                "finish_reason": facts.get("finish_reason"),
-                "error": facts.get("error"),
-                "arm": facts.get("arm"),
-                "completion_tokens": facts.get("completion_tokens"),
-            },
-            facts.get("prompt"),
-            facts.get("output"),
-        )
+from tuneledger.serve.errors import RequestRefused, render
+from tuneledger.serve.request_log import OPEN_PATHS
 
 
 class _Refusing:
@@ -166,34 +95,6 @@ class RequireJson(_Refusing):
 # of the event loop that has the bytes which arrived in time, and run first. Each deadline below is
 # judged once more after this much time, long enough for one poll of the sockets.
 SECOND_LOOK = 0.05  # seconds
-
-
-async def read_body(request: Request, limit: int, timeout: float) -> bytes:
-    """The request body, or 413 as soon as it exceeds `limit` bytes (the declared length is
-    checked first), or 408 when it has not fully arrived within `timeout` seconds."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestRefused(413, f"request body larger than {limit} bytes")
-
-    async def receive_all() -> bytes:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RequestRefused(413, f"request body larger than {limit} bytes")
-        return bytes(body)
-
-    reading = asyncio.ensure_future(receive_all())
-    try:
-        for wait in (timeout, SECOND_LOOK):  # see SECOND_LOOK
-            done, _ = await asyncio.wait({reading}, timeout=wait)
-            if done:
-                return reading.result()
-    finally:
-        reading.cancel()  # the client left, or the time is up (a no-op once it is done)
-    raise RequestRefused(
-        408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
-    )
 
 
 # What a connection beyond its client's share gets before it is closed (no request is read).

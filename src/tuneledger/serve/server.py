@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import logging
 import math
 import os
 import threading
@@ -26,17 +27,19 @@ from tuneledger.faults import FAULT_VARIABLE
 from tuneledger.generation import Decoded, Interrupt, Interrupted
 from tuneledger.package.loader import ForeignBase
 from tuneledger.predict import Completion, Query, completion_of
-from tuneledger.progress import say
 from tuneledger.registry import tags
 from tuneledger.serve import log, routing
 from tuneledger.serve.batcher import Batcher, Job
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.deployment import DeployFailed
-from tuneledger.serve.errors import RequestRefused, from_validation, note
-from tuneledger.serve.guards import read_body
+from tuneledger.serve.errors import RequestRefused, from_validation
+from tuneledger.serve.guards import SECOND_LOOK
 from tuneledger.serve.metrics import ServerMetrics
+from tuneledger.serve.request_log import note
 from tuneledger.serve.residents import Resident, ResidentVersions
 from tuneledger.serve.shadow import ShadowRunner
+
+logger = logging.getLogger(__name__)
 
 TAGS_POLL_S = 0.2  # how often the tag refs are looked at (a few stat calls)
 SESSION_HEADER = "x-tuneledger-session"  # keeps a client in one canary arm when it sends no `user`
@@ -89,6 +92,34 @@ class ModelQueue:
 
     def describe(self) -> dict[str, Any]:
         return {"admitted": self.admitted, "capacity": self.capacity, "refused": self.refused}
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, or 413 as soon as it exceeds `limit` bytes (the declared length is
+    checked first), or 408 when it has not fully arrived within `timeout` seconds."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestRefused(413, f"request body larger than {limit} bytes")
+
+    async def receive_all() -> bytes:
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestRefused(413, f"request body larger than {limit} bytes")
+        return bytes(body)
+
+    reading = asyncio.ensure_future(receive_all())
+    try:
+        for wait in (timeout, SECOND_LOOK):  # see SECOND_LOOK
+            done, _ = await asyncio.wait({reading}, timeout=wait)
+            if done:
+                return reading.result()
+    finally:
+        reading.cancel()  # the client left, or the time is up (a no-op once it is done)
+    raise RequestRefused(
+        408, f"request body not received within {timeout:g} s", headers={"Connection": "close"}
+    )
 
 
 def _exempt_loaded_objects_from_gc() -> None:
@@ -293,7 +324,7 @@ class Server:
                 503, f"{self.name}@{version} is still loading; retry shortly", headers={"Retry-After": "5"}
             ) from None
         except DeployFailed as exc:
-            say(f"serve: {exc}")
+            logger.warning(f"{exc}")
             if isinstance(exc.__cause__, ForeignBase):
                 raise RequestRefused(409, f"{self.name}@{version}: {exc.__cause__}") from None
             raise RequestRefused(503, f"{self.name}@{version}: {exc.reason}; see the server log") from None
@@ -467,6 +498,7 @@ class Server:
             ],
             "max_versions": self.config.max_versions,
             "batches": self.batcher.batches,
+            "joined": self.batcher.joined,
             "loads": self.residents.loads,
             "evictions": self.residents.evictions,
             "queue": self.queue.describe(),
@@ -497,7 +529,7 @@ class Server:
             return self._sync()
         except DeployFailed as exc:
             self.last_reload = {"time": log.now(), "ok": False, "reason": exc.reason}
-            say(f"serve: reload failed, still serving {self.followed.version}: {exc}")
+            logger.error(f"reload failed, still serving {self.followed.version}: {exc}")
             self.record_event("error", "prod", self.stage, None, None, error=log.short_error(exc))
             raise RequestRefused(
                 500,
@@ -517,7 +549,7 @@ class Server:
             with self._new_holder(holder) as new:
                 old, self.followed = self.followed, new  # one reference assignment: atomic for readers
             self.record_event("swap", "prod", self.stage, new.version, new.content_id)
-            say(f"serve: {self.stage} {old.version} → {new.version}")
+            logger.info(f"{self.stage} {old.version} → {new.version}")
         if self.config.canary:
             self._follow_canary()
         if self.shadow and self.registry.holders.get(self.shadow.stage) != self.shadow.target:
@@ -570,7 +602,7 @@ class Server:
                 self._sync()
             except Exception as exc:
                 self.last_reload = {"time": log.now(), "ok": False, "reason": log.short_error(exc)}
-                say(f"serve: following the registry failed, still serving {self.followed.version}: {exc}")
+                logger.warning(f"following the registry failed, still serving {self.followed.version}: {exc}")
             finally:
                 self._sync_lock.release()
 
@@ -582,7 +614,7 @@ class Server:
             self.reload()
         except RequestRefused as exc:  # a failed reload is already in the server's log
             if exc.status == 409:
-                say(f"serve: {exc.message}")
+                logger.info(f"{exc.message}")
 
     def close(self) -> None:
         self._stopping.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -19,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneledger.progress import say
 from tuneledger.serve import log
+
+logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0
 FIRST_BACKOFF_S = 5.0
@@ -269,7 +271,7 @@ class ShadowRunner:
 
     def _failed(self, reason: str, detail: str, event: str = "error") -> None:
         self.state, self.reason = "failed", reason
-        say(f"serve: shadow {self.stage}: {reason}: {detail}")
+        logger.warning(f"shadow {self.stage}: {reason}: {detail}")
         self.record_event(event, "shadow", self.stage, self.target, None, error=f"{reason}: {detail}")
 
     def _collect(self) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneledger.registry.promotion_gate import Check
-from tuneledger.serve import log
+from tuneledger.serve import log, log_reports
 
 
 def agreement_check(version: str, minimum: float, db: Path | None = None) -> Check:
-    report = log.shadow_report(db or log.DEFAULT_DB, shadow_version=version)
+    report = log_reports.shadow_report(db or log.DEFAULT_DB, shadow_version=version)
     agreement, pairs = report["exact_agreement"], report["pairs"]
     if not pairs:
         return Check(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -18,11 +19,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from tuneledger.package.signature import SignatureViolation
 from tuneledger.predict import Completion, Query
-from tuneledger.progress import say
 from tuneledger.serve import log
-from tuneledger.serve.errors import RequestRefused, from_signature, note, render
+from tuneledger.serve.errors import RequestRefused, from_signature, render
 from tuneledger.serve.openai import protocol
+from tuneledger.serve.request_log import note
 from tuneledger.serve.server import Call, Server, TextStream
+
+logger = logging.getLogger(__name__)
 
 
 def _sse(payload: BaseModel) -> str:
@@ -164,7 +167,7 @@ class OpenAIServing:
             yield f"data: {render(scope, exc).body.decode()}\n\n"
         except Exception as exc:
             message = log.short_error(exc)
-            say(f"serve: streamed generation failed: {message}")
+            logger.error(f"streamed generation failed: {message}")
             note(scope, status=500, error=message, output=stream.text)
             failure = RequestRefused(500, "generation failed; see the server log")
             yield f"data: {render(scope, failure).body.decode()}\n\n"
