@@ -121,6 +121,26 @@ BENCH_FIGURES = {
         bench_number("1000 versions, 2000 stage tags: `promote`")
         - bench_number("1000 versions, 2000 stage tags: `promote less its gate`")
     ),
+    r"no download \(live in ([\d.]+) s in `make bench`": lambda: bench_number(
+        "rollback live (previous holder resident)"
+    ),
+    r"the batched server answers ([\d.]+) tokens/s": lambda: bench_number("batched server, 16 client(s)"),
+    r"tokens/s, ([\d.]+)× the one-at-a-time path": lambda: bench_number(
+        "batched vs one-at-a-time throughput, 16 clients"
+    ),
+    r"([\d.]+)× transformers' continuous batching": lambda: bench_number(
+        "batched server vs generate_batch throughput"
+    ),
+    r"and ([\d.]+)× one padded `model.generate`": lambda: round(
+        bench_number("batched server, 16 client(s)")
+        / bench_number("one padded `model.generate`, 16 prompts (the limit)"),
+        2,
+    ),
+    r"`/health` keeps a p99 of ([\d.]+) ms": lambda: bench_number("/health p99 while serving"),
+    r"one batch give ([\d.]+)× the throughput": lambda: bench_number(
+        "3 versions mixed vs 1 version throughput"
+    ),
+    r"at 16 clients is\s+([\d.]+)× that at one client": lambda: bench_number("TTFT p95, 16 clients vs 1"),
 }
 
 
