@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,16 @@ def use_remote(repo: Path, s3, bucket: str) -> None:
     configure_remote(s3.endpoint, bucket=bucket, cwd=str(repo))
 
 
+@dataclass(frozen=True)
+class Served:
+    """A running `tuneledger serve`: where it answers, its process, and the file its stderr goes to."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+    stderr: Path
+
+
 @contextlib.contextmanager
 def serving(
     repo: Path,
@@ -192,8 +203,9 @@ def serving(
     verify: str | bool = True,
     env: dict[str, str] | None = None,
 ):
-    """`tuneledger serve` (prod) from `repo` on a free loopback port; yields its base URL once
-    /health answers. Its stderr goes to a file (an unread pipe would fill and stall the server)."""
+    """`tuneledger serve` from `repo` on a free loopback port, logging to the repository's default
+    log; yields it (Served) once /health answers, and stops it. Its stderr goes to a file (an
+    unread pipe would fill and stall the server). The one place tests start a server."""
     import httpx
 
     from tuneledger.s3local import free_port
@@ -215,7 +227,7 @@ def serving(
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, f"server did not start: {errors.read_text()}"
                 time.sleep(0.25)
-        yield url
+        yield Served(url, port, proc, errors)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

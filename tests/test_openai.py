@@ -33,7 +33,8 @@ def chat_served(chat_run, s3, tmp_path_factory):
     commit_all(repo, "a chat model")
     run("tuneledger", "register", "--push", cwd=repo)
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
-    with serving(repo, "--shadow", "prod", api_key=KEY) as url:
+    with serving(repo, "--shadow", "prod", api_key=KEY) as server:
+        url = server.url
         version = httpx.get(f"{url}/version", headers={"Authorization": f"Bearer {KEY}"}).json()
         yield {"repo": repo, "url": url, "db": repo / DEFAULT_DB, "content_id": version["content_id"]}
 

@@ -127,8 +127,8 @@ def smollm2_served(smollm2_run, s3, tmp_path_factory):
         ).stdout.strip()
     (repo / "messages.json").unlink()
     other = register_forged_version(repo, -1.0)
-    with serving(repo, api_key=KEY) as url:
-        yield {"repo": repo, "url": url, "local": local, "scored": scored, "other": other}
+    with serving(repo, api_key=KEY) as server:
+        yield {"repo": repo, "url": server.url, "local": local, "scored": scored, "other": other}
 
 
 QUESTIONS = [

@@ -10,14 +10,12 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import commit_all, copy_repo, run, set_params
+from conftest import commit_all, copy_repo, run, serving, set_params
 from tuneledger.faults import FAULT_VARIABLE
-from tuneledger.s3local import free_port
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.log import DEFAULT_DB
 
@@ -25,50 +23,14 @@ PROMPT = {"prompt": "reverse: red cat sun =>"}
 EXPLODING_PROMPT = "reverse: boom boom boom =>"  # the model raises on it (TUNELEDGER_FAULT)
 
 
-def wait_healthy(url: str, proc: subprocess.Popen, stderr: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, stderr.read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    raise AssertionError("server did not become healthy")
-
-
 @pytest.fixture(scope="module")
 def served(registry, tmp_path_factory):
     """prod v1.0.0 served, with staging v1.1.0 as its shadow."""
     repo = copy_repo(registry[0], tmp_path_factory.mktemp("serve") / "repo")
     run("tuneledger", "promote", "v1.1.0", "--stage", "staging", cwd=repo)
-    port, db = free_port(), repo / DEFAULT_DB  # git ignores it
-    proc = subprocess.Popen(
-        [
-            "tuneledger",
-            "serve",
-            "--stage",
-            "prod",
-            "--shadow",
-            "staging",
-            "--port",
-            str(port),
-            "--db",
-            str(db),
-            "--shadow-queue",
-            "256",
-            "--log-prompts",
-        ],
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=(repo / "server.err").open("w"),  # a file: an unread pipe would fill and stall the server
-        env={**os.environ, FAULT_VARIABLE: f"serve.generate:{EXPLODING_PROMPT}"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc, repo / "server.err")
-    yield {"repo": repo, "url": url, "db": db, "proc": proc}
-    proc.terminate()
-    proc.wait(timeout=30)
+    options = ["--stage", "prod", "--shadow", "staging", "--shadow-queue", "256", "--log-prompts"]
+    with serving(repo, *options, env={FAULT_VARIABLE: f"serve.generate:{EXPLODING_PROMPT}"}) as server:
+        yield {"repo": repo, "url": server.url, "db": repo / DEFAULT_DB, "proc": server.proc}
 
 
 def post(url: str, body, **kwargs) -> httpx.Response:

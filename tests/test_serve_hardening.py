@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import copy_repo, run
+from conftest import copy_repo, run, serving
 from tuneledger.s3local import free_port
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.log import DEFAULT_DB
@@ -45,53 +44,21 @@ def hardened(registry, tmp_path_factory):
     """prod v1.0.0 behind a key, with small limits, and staging v1.1.0 as a shadow with a 2-slot queue."""
     repo = copy_repo(registry[0], tmp_path_factory.mktemp("hardened") / "repo")
     run("tuneledger", "promote", "v1.1.0", "--stage", "staging", cwd=repo)
-    port, db = free_port(), repo / DEFAULT_DB  # git ignores it
-    stderr = (repo / "server.err").open("w")
-    proc = subprocess.Popen(
-        [
-            "tuneledger",
-            "serve",
-            "--port",
-            str(port),
-            "--db",
-            str(db),
-            "--shadow",
-            "staging",
-            "--shadow-queue",
-            "2",
-            "--max-queue",
-            str(MAX_QUEUE),
-            "--request-timeout",
-            str(REQUEST_TIMEOUT),
-            "--body-timeout",
-            str(BODY_TIMEOUT),
-            "--header-timeout",
-            str(HEADER_TIMEOUT),
-            "--log-queue",
-            str(LOG_QUEUE),
-            "--max-batch",
-            str(MAX_BATCH),
-            "--sync-seconds",
-            "0",  # stage moves take effect on reload only: the reload tests decide when
-        ],  # fmt: skip
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        env={**os.environ, "TUNELEDGER_API_KEY": KEY},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, (repo / "server.err").read_text()
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.25)
-    yield {"repo": repo, "url": url, "port": port, "db": db, "proc": proc, "stderr": repo / "server.err"}
-    proc.terminate()
-    proc.wait(timeout=30)
+    options = [
+        "--shadow", "staging", "--shadow-queue", "2", "--max-queue", str(MAX_QUEUE),
+        "--request-timeout", str(REQUEST_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
+        "--header-timeout", str(HEADER_TIMEOUT), "--log-queue", str(LOG_QUEUE), "--max-batch", str(MAX_BATCH),
+        "--sync-seconds", "0",  # stage moves take effect on reload only: the reload tests decide when
+    ]  # fmt: skip
+    with serving(repo, *options, api_key=KEY) as server:
+        yield {
+            "repo": repo,
+            "url": server.url,
+            "port": server.port,
+            "db": repo / DEFAULT_DB,
+            "proc": server.proc,
+            "stderr": server.stderr,
+        }
 
 
 def version(served) -> dict:
@@ -533,7 +500,8 @@ def test_a_short_api_key_is_refused_and_tls_is_served_when_asked(registry, tmp_p
     )
     certificate, key = self_signed_certificate(tmp_path)
     tls = ("--ssl-certfile", str(certificate), "--ssl-keyfile", str(key))
-    with serving(repo, *tls, api_key=KEY, scheme="https", verify=str(certificate)) as url:
+    with serving(repo, *tls, api_key=KEY, scheme="https", verify=str(certificate)) as server:
+        url = server.url
         assert url.startswith("https://")
         answer = httpx.post(f"{url}/generate", json=PROMPT, headers=AUTH, verify=str(certificate), timeout=60)
         assert answer.status_code == 200 and answer.json()["version"] == "v1.0.0"

@@ -52,8 +52,8 @@ def fleet(registry, tmp_path_factory):
         "--sync-seconds",
         str(SYNC_SECONDS),
     ]
-    with serving(repo, *args, api_key=KEY, env={FAULT_VARIABLE: f"serve.generate:{EXPLODING}"}) as url:
-        yield {"repo": repo, "url": url, "versions": versions, "scored": scored}
+    with serving(repo, *args, api_key=KEY, env={FAULT_VARIABLE: f"serve.generate:{EXPLODING}"}) as server:
+        yield {"repo": repo, "url": server.url, "versions": versions, "scored": scored}
 
 
 def client(fleet):

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from tuneledger import chat, tasks
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, first_line
 from tuneledger.hashing import sha256_bytes
 from tuneledger.package.files import PICKLE_SUFFIXES
 from tuneledger.params import ModelParams
@@ -103,7 +103,7 @@ def _download_from_hub(model: ModelParams, out: Path) -> str:
     try:
         folder = snapshot_download(repo_id=model.base, revision=model.revision, allow_patterns=HUB_PATTERNS)
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise TuneLedgerError(
             f"model.base: base model {model.base!r} not found: not a local directory, and the hub "
             f"could not provide it ({reason}); check the id, model.revision, network or HF_HUB_OFFLINE"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +16,17 @@ class TuneLedgerError(Exception):
     """A failure the user can act on: what went wrong, where, and what to do next."""
 
     exit_code = 1
+
+
+def broken_json(where: object, exc: json.JSONDecodeError, what: str) -> TuneLedgerError:
+    """`where:line:column: what: reason` for JSON that does not parse (raise it `from None`)."""
+    return TuneLedgerError(f"{where}:{exc.lineno}:{exc.colno}: {what}: {exc.msg}")
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, or its type's name when it says nothing."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

@@ -13,10 +13,13 @@ from tuneledger.layout import MANIFEST_FILE, RESULTS_DIR
 PIPELINE_OUTPUTS = ("dvc.lock", MANIFEST_FILE.as_posix(), RESULTS_DIR.as_posix())
 
 
-def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str, str] | None = None) -> str:
-    """git's output; `env` adds to the inherited environment."""
+def git_process(
+    *args: str, cwd: Path | str = ".", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """git run to completion, for callers that judge its exit code themselves: every git call of
+    TuneLedger goes through here. `env` adds to the inherited environment."""
     try:
-        done = subprocess.run(
+        return subprocess.run(
             ["git", *args],
             cwd=cwd,
             capture_output=True,
@@ -26,6 +29,11 @@ def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str
         )
     except FileNotFoundError:
         raise TuneLedgerError("git is not installed or not on PATH") from None
+
+
+def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str, str] | None = None) -> str:
+    """git's output (stripped); with `check`, one line naming the command when it fails."""
+    done = git_process(*args, cwd=cwd, env=env)
     if check and done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
         raise TuneLedgerError(f"git {' '.join(args)}: {detail[-1] if detail else 'failed'}")
@@ -34,26 +42,19 @@ def run_git(*args: str, cwd: Path | str = ".", check: bool = True, env: dict[str
 
 def head_commit(cwd: Path | str = ".") -> str | None:
     """The checked-out commit, or None outside a repository or before the first commit."""
-    out = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=cwd, capture_output=True, text=True)
+    out = git_process("rev-parse", "--verify", "HEAD", cwd=cwd)
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def resolve_commit(rev: str, cwd: Path | str = ".") -> str | None:
     """The commit a revision (branch, tag, sha) names, or None if it names none."""
-    out = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
+    out = git_process("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=cwd)
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def dirty_paths(cwd: Path | str = ".", ignore: tuple[str, ...] = PIPELINE_OUTPUTS) -> list[str] | None:
     """Tracked or untracked changes outside `ignore`; None outside a repository."""
-    out = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=normal"], cwd=cwd, capture_output=True, text=True
-    )
+    out = git_process("status", "--porcelain", "--untracked-files=normal", cwd=cwd)
     if out.returncode != 0:
         return None
     paths = [line[3:].split(" -> ")[-1].strip('"') for line in out.stdout.splitlines() if line.strip()]

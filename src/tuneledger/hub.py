@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, first_line
 from tuneledger.params import DataParams
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -26,7 +26,7 @@ def _builder(data: DataParams, name: str):
         builder.download_and_prepare()
         return builder
     except (DatasetNotFoundError, ConnectionError, FileNotFoundError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise TuneLedgerError(
             f"data.source: dataset {name!r} could not be loaded ({reason}); check the id, data.revision, "
             "data.config, the network or HF_DATASETS_OFFLINE"

@@ -16,6 +16,7 @@ from typing import Any
 
 from tuneledger import modeling
 from tuneledger.errors import TuneLedgerError
+from tuneledger.git import git_process
 from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
@@ -64,8 +65,8 @@ def verified_base(package: Path, meta: dict, explicit: Path | None = None) -> It
 
 def _git(*args: str, cwd: Path) -> subprocess.CompletedProcess | None:
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:  # no git: nothing committed to compare with
+        return git_process(*args, cwd=cwd)
+    except TuneLedgerError:  # no git: nothing committed to compare with
         return None
 
 

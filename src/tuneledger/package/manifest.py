@@ -10,17 +10,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, broken_json
 from tuneledger.hashing import canonical_json, sha256_bytes, sha256_files
+from tuneledger.package.adapter_config import canonical, read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG, METADATA, PICKLE_SUFFIXES, SIGNATURE
 from tuneledger.package.safetensors_io import tensor_digest
 
 SCHEMA_VERSION = 1
 # Files that describe a version rather than define the model; they stay out of the content id.
 DESCRIPTIVE_FILES = frozenset({"README.md", METADATA, SIGNATURE, "requirements.txt"})
-# peft keeps these as sets and writes them in set order, which changes with PYTHONHASHSEED from
-# one process to the next; their order means nothing. (`layers_to_transform` is ordered: kept.)
-UNORDERED_CONFIG_KEYS = ("target_modules", "exclude_modules", "modules_to_save", "feedforward_modules")
 
 
 @dataclass
@@ -61,18 +59,7 @@ def defining_files(names: list[str]) -> list[str]:
 
 def adapter_config_meaning(path: Path) -> bytes:
     """adapter_config.json as canonical JSON with its set-valued lists sorted: one byte string per meaning."""
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt adapter config: {exc.msg}") from None
-    except UnicodeDecodeError:
-        raise TuneLedgerError(f"{path}: corrupt adapter config: not UTF-8 text") from None
-    if not isinstance(config, dict):
-        raise TuneLedgerError(f"{path}: corrupt adapter config: expected a JSON object")
-    for key in UNORDERED_CONFIG_KEYS:
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key], key=canonical_json)
-    return canonical_json(config)
+    return canonical_json(canonical(read_adapter_config(path)))
 
 
 def _identity(package: Path, name: str, plain: dict[Path, str]) -> list[str]:
@@ -117,7 +104,7 @@ def parse(text: str, source: Path) -> Manifest:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TuneLedgerError(f"{source}:{exc.lineno}:{exc.colno}: corrupt manifest: {exc.msg}") from None
+        raise broken_json(source, exc, "corrupt manifest") from None
     try:
         files = body["files"]
         entries = {

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, broken_json
 from tuneledger.secrets import redact_data
 
 SCHEMA_VERSION = 1
@@ -39,7 +39,7 @@ def read(path: Path) -> dict:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt metadata: {exc.msg}") from None
+        raise broken_json(path, exc, "corrupt metadata") from None
     if not isinstance(record, dict) or record.get("schema_version") != SCHEMA_VERSION:
         raise TuneLedgerError(f"{path}: corrupt metadata: expected schema_version {SCHEMA_VERSION}")
     return record

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, broken_json
 
 SCHEMA_VERSION = 1
 _TYPES = {"string": str, "integer": int, "number": (int, float)}
@@ -73,7 +73,7 @@ def read(path: Path) -> dict:
     except FileNotFoundError:
         raise TuneLedgerError(f"{path}: no signature; is this a TuneLedger version package?") from None
     except json.JSONDecodeError as exc:
-        raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt signature: {exc.msg}") from None
+        raise broken_json(path, exc, "corrupt signature") from None
     if not isinstance(body, dict) or not {"inputs", "params", "outputs"} <= body.keys():
         raise TuneLedgerError(f"{path}: corrupt signature: needs inputs, params and outputs")
     return body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from contextlib import ExitStack
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.package.adapter_config import read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG as CONFIG
 from tuneledger.package.files import ADAPTER_WEIGHTS as WEIGHTS
 from tuneledger.package.safetensors_io import open_checked
@@ -22,13 +22,7 @@ _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
 def read_config(package: Path) -> dict:
-    path = Path(package) / CONFIG
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TuneLedgerError(f"{path}: not found; is this a LoRA adapter package?") from None
-    except json.JSONDecodeError as exc:
-        raise TuneLedgerError(f"{path}:{exc.lineno}:{exc.colno}: corrupt adapter config: {exc.msg}") from None
+    return read_adapter_config(Path(package) / CONFIG)
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:

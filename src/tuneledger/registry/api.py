@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneledger import git
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, broken_json
 from tuneledger.layout import EXPORT_DIR, MANIFEST_FILE, manifest_path_for
 from tuneledger.package import comparison, weights
 from tuneledger.package.files import METADATA
@@ -84,9 +84,7 @@ def _read_messages(source: str) -> list:
     except OSError as exc:
         raise TuneLedgerError(f"--messages {name}: cannot read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
-        raise TuneLedgerError(
-            f"--messages {name}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
-        ) from None
+        raise broken_json(f"--messages {name}", exc, "not valid JSON") from None
     if isinstance(body, dict) and "messages" in body:
         body = body["messages"]
     if not isinstance(body, list):

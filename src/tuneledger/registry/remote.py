@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, first_line
 from tuneledger.fsutil import own_bytes
 
 
@@ -20,11 +20,6 @@ def describe_remote(repo) -> str:
         return "(no default remote)"
     endpoint = settings.get("endpointurl")
     return f"{name!r} ({settings.get('url')}{f' via {endpoint}' if endpoint else ''})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _remote_failures() -> tuple[type[BaseException], ...]:
@@ -67,7 +62,7 @@ def remote_errors(repo, doing: str) -> Iterator[None]:
     except TuneLedgerError:
         raise
     except _remote_failures() as exc:
-        raise _remote_failed(repo, doing, _first_line(exc)) from None
+        raise _remote_failed(repo, doing, first_line(exc)) from None
 
 
 def _remote_failed(repo, doing: str, reason: str, missing: str = "", or_else: str = "") -> TuneLedgerError:
@@ -137,7 +132,7 @@ def _not_available(repo, doing: str, path: str, rev: str, cause: BaseException |
     return _remote_failed(
         repo,
         doing,
-        _first_line(cause) if cause else "it does not hold it",
+        first_line(cause) if cause else "it does not hold it",
         missing=f"{path} of commit {rev[:12]} is not in the local DVC cache and the ",
         or_else=", or rebuild it with `dvc repro` at that commit",
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from tuneledger.errors import TuneLedgerError
+from tuneledger.git import git_process
 from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
 from tuneledger.package import manifest as manifest_format
@@ -35,9 +36,7 @@ class Resolved:
 
 def git_show(commit: str, path: str) -> str | None:
     """A file's exact text at a commit (None if the commit has no such file)."""
-    import subprocess
-
-    done = subprocess.run(["git", "show", f"{commit}:{path}"], capture_output=True, text=True)
+    done = git_process("show", f"{commit}:{path}")
     return done.stdout if done.returncode == 0 else None
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneledger.errors import first_line
 from tuneledger.secrets import redact
 
 logger = logging.getLogger(__name__)
@@ -160,9 +161,9 @@ def clipped(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def short_error(exc: BaseException) -> str:
-    """One line for the log: the exception's first line, without secrets."""
-    lines = str(exc).strip().splitlines()
-    return redact(f"{type(exc).__name__}: {lines[0] if lines else ''}")[:500]
+    """One line for the log: the exception's type and first line, without secrets."""
+    line, kind = first_line(exc), type(exc).__name__
+    return redact(line if line == kind else f"{kind}: {line}")[:500]
 
 
 def _rollup_rows(batch: list[tuple[str, dict]]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from tuneledger import chat, checkpoints, data, kernels, modeling
-from tuneledger.errors import TuneLedgerError
+from tuneledger.errors import TuneLedgerError, first_line
 from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
 from tuneledger.layout import (
     ADAPTER_DIR,
@@ -25,6 +25,7 @@ from tuneledger.layout import (
     TRAIN_SUMMARY,
 )
 from tuneledger.package import environment
+from tuneledger.package.adapter_config import canonical, read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES, GENERATION_CONFIG
 from tuneledger.params import Params
 from tuneledger.progress import say
@@ -182,7 +183,7 @@ def adapted_model(params: Params):
         return get_peft_model(model, lora_config(params))
     except ValueError as exc:  # peft's own check of the names against the model
         unknown = _unknown_targets(params.lora.target_modules, model)
-        raise TuneLedgerError(unknown or f"params.yaml: lora: {str(exc).splitlines()[0]}") from None
+        raise TuneLedgerError(unknown or f"params.yaml: lora: {first_line(exc)}") from None
 
 
 def _unknown_targets(targets, model) -> str | None:
@@ -311,10 +312,7 @@ def _final_loss(history: list[dict]) -> float | None:
 def _write_canonical_config(adapter_dir) -> None:
     """peft writes `target_modules` (a set) in hash order, which changes from process to process."""
     path = adapter_dir / ADAPTER_CONFIG
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("target_modules", "modules_to_save"):
-        if isinstance(config.get(key), list):
-            config[key] = sorted(config[key])
+    config = canonical(read_adapter_config(path))
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
