@@ -3,6 +3,8 @@ traceback shows only with --debug (each command is registered with its error rep
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import typer.main
 
@@ -47,3 +49,17 @@ def test_debug_shows_the_traceback(project_copy):
     assert failed.returncode != 0
     assert "Traceback (most recent call last)" in failed.stderr
     assert "no-such-package: no such package directory" in failed.stderr
+
+
+def test_a_local_s3_without_moto_says_what_to_install(tmp_path):
+    """`make s3-local` runs tuneledger.s3local, which needs moto (a test extra): without it, one line."""
+    hide_moto = (
+        "import sys; sys.modules['moto'] = sys.modules['moto.server'] = None; "
+        "sys.argv = ['s3local']; from tuneledger.s3local import main; main()"
+    )
+    done = run(sys.executable, "-c", hide_moto, cwd=tmp_path, check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: a local S3 endpoint needs moto, a test extra: run `make test-setup` or "
+        "`pip install 'moto[server]'`"
+    ]

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 
+from tuneledger.errors import TuneLedgerError, friendly_errors
+
 HOST = "127.0.0.1"  # loopback only: the endpoint accepts any credentials
 BUCKET = "tuneledger-local"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneledger-local", "AWS_SECRET_ACCESS_KEY": "tuneledger-local"}
@@ -29,7 +31,13 @@ class LocalS3:
     """A running moto S3 server with one bucket."""
 
     def __init__(self, port: int | None = None, bucket: str = BUCKET):
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError:  # moto is a test extra: a user's environment may not have it
+            raise TuneLedgerError(
+                "a local S3 endpoint needs moto, a test extra: run `make test-setup` or "
+                "`pip install 'moto[server]'`"
+            ) from None
 
         self.port = port or free_port()
         self.bucket = bucket
@@ -76,6 +84,7 @@ def configure_remote(endpoint: str, bucket: str = BUCKET, remote: str = "storage
         )
 
 
+@friendly_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=9000)
