@@ -229,14 +229,14 @@ def test_a_client_leaving_mid_batch_stops_only_its_own_row(smollm2_served):
     499), the other runs to its end and equals its answer alone."""
     import httpx
 
-    stay = (QUESTIONS[3], 64)
-    alone = converse(smollm2_served, *stay)[0]
+    stay = {"messages": QUESTIONS[3], "max_tokens": 64}
+    alone = converse(smollm2_served, **stay)[0]
     headers = {"Authorization": f"Bearer {KEY}"}
     body = {"model": "lora-adapter", "messages": QUESTIONS[1], "max_tokens": 64, "stream": True}
     result = {}
 
     def staying():
-        result["text"] = converse(smollm2_served, *stay)[0]
+        result["text"] = converse(smollm2_served, **stay)[0]
 
     other = threading.Thread(target=staying)
     with httpx.stream(
