@@ -21,7 +21,7 @@ import yaml
 
 from conftest import commit_all, run, set_params
 from tuneledger.layout import manifest_path_for
-from tuneledger.package import manifest as manifest_format
+from tuneledger.package import manifest
 
 NAME = "lora-adapter"
 MASK = "***"
@@ -199,7 +199,7 @@ def small_package(tmp_path):
     (package / "adapter_config.json").write_text('{"r": 8}\n')
     (package / "metadata.json").write_text('{"schema_version": 1}\n')
     manifest_file = manifest_path_for(package)
-    manifest_file.write_text(manifest_format.build(package).to_json())
+    manifest_file.write_text(manifest.build(package).to_json())
     return package
 
 
@@ -282,8 +282,8 @@ def test_load_warns_when_the_manifest_differs_from_the_committed_one(trained_rep
     card = trained_repo / "models/export/README.md"
     card.write_text(card.read_text() + "\nEdited after the commit.\n")
     manifest_file = trained_repo / "models/export.manifest.json"
-    committed = manifest_format.read(manifest_file)
-    rebuilt = manifest_format.build(trained_repo / "models/export", known_content_id=committed.content_id)
+    committed = manifest.read(manifest_file)
+    rebuilt = manifest.build(trained_repo / "models/export", known_content_id=committed.content_id)
     manifest_file.write_text(rebuilt.to_json())
 
     generated = run("tuneledger", "generate", "models/export", "reverse: owl fox bee =>", cwd=trained_repo)
@@ -335,16 +335,14 @@ def read_manifest_id(repo) -> str:
 def test_verify_checks_the_type_on_the_opened_descriptor(small_package, monkeypatch):
     """A listed file swapped for a FIFO after the directory was listed: hashing opens it without
     blocking, sees a FIFO on the descriptor, and reports it instead of hanging."""
-    from tuneledger.package import verify as verify_module
+    from tuneledger.package import verify
 
-    listed = manifest_format.package_files(small_package)
+    listed = manifest.package_files(small_package)
     (small_package / "adapter_config.json").unlink()
     os.mkfifo(small_package / "adapter_config.json")
     # The listing and the scan for special files ran before the swap.
-    monkeypatch.setattr(verify_module.manifest_format, "package_files", lambda package: listed)
-    monkeypatch.setattr(verify_module, "special_files", lambda package: [])
-    problems = verify_module.find_problems(
-        small_package, manifest_format.read(manifest_path_for(small_package))
-    )
+    monkeypatch.setattr(manifest, "package_files", lambda package: listed)
+    monkeypatch.setattr(verify, "special_files", lambda package: [])
+    problems = verify.find_problems(small_package, manifest.read(manifest_path_for(small_package)))
     fifo = f"{small_package}/adapter_config.json: not a regular file (a FIFO)"
     assert [str(p) for p in problems] == [f"{fifo}; a package holds only regular files"]

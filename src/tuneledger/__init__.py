@@ -1,6 +1,6 @@
 """TuneLedger: versioned, reproducible and safely deployable LoRA fine-tuning."""
 
-import os as _os
+import os
 
 __version__ = "0.1.0"
 
@@ -12,14 +12,14 @@ for _name, _value in {
     "TRANSFORMERS_VERBOSITY": "error",
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
-    _os.environ.setdefault(_name, _value)
+    os.environ.setdefault(_name, _value)
 
 
 def load(path, device=None, base=None, manifest=None):
     """Model and tokenizer of a version package, verified by SHA-256 first (see package.loader)."""
-    from tuneledger.package.loader import load as _load
+    from tuneledger.package import loader
 
-    return _load(path, device=device, base=base, manifest=manifest)
+    return loader.load(path, device=device, base=base, manifest=manifest)
 
 
 __all__ = ["load", "__version__"]

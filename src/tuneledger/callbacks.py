@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import torch.distributed as dist
 from dvclive import Live
+from torch import distributed
 from transformers import TrainerCallback
 
 from tuneledger import checkpoints
@@ -25,8 +25,8 @@ class SealCheckpoints(TrainerCallback):
         self.config = config
 
     def on_save(self, args, state, control, **kwargs):
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()  # every rank has written its RNG state
+        if distributed.is_available() and distributed.is_initialized():
+            distributed.barrier()  # every rank has written its RNG state
         if state.is_world_process_zero:
             checkpoints.seal(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.config)
             fault_point(f"train:sealed:{state.global_step}")

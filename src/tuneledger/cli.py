@@ -1,5 +1,5 @@
 """The `tuneledger` command: a thin layer that parses arguments, makes one call into the Python API
-(`tuneledger.registry.api`) and prints the result."""
+(`tuneledger.api`) and prints the result."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneledger import api
 from tuneledger.errors import friendly_errors
 from tuneledger.layout import EXPORT_DIR
 from tuneledger.progress import quiet_libraries
-from tuneledger.registry import api
 from tuneledger.registry.artifacts import DEFAULT_NAME
 
 app = typer.Typer(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneledger.generation import Decoded, Interrupt, Interrupted, Row, decode, sampling_options
-from tuneledger.package import signature as signature_format
+from tuneledger.package import signature
 from tuneledger.package.loader import load_package
 from tuneledger.package.signature import SignatureViolation
 
@@ -73,9 +73,9 @@ class Predictor:
         """Check a plain prompt and its params against the signature (SignatureViolation if not).
 
         A raw prompt is the client's own text, special tokens included, as in every completions API."""
-        resolved = signature_format.check_request(self.signature, prompt, params)
+        resolved = signature.check_request(self.signature, prompt, params)
         ids = self.tokenizer(prompt)["input_ids"]
-        signature_format.check_prompt_tokens(self.signature, len(ids))
+        signature.check_prompt_tokens(self.signature, len(ids))
         return Query(prompt, resolved, ids, tuple(stop))
 
     def chat_query(self, messages: Any, params: dict[str, Any], stop: tuple[str, ...] = ()) -> Query:
@@ -86,10 +86,10 @@ class Predictor:
             )
         from tuneledger.chat import encode_prompt, render_prompt
 
-        signature_format.check_messages(self.signature, messages)
-        resolved = signature_format.check_params(self.signature, params)
+        signature.check_messages(self.signature, messages)
+        resolved = signature.check_params(self.signature, params)
         ids = encode_prompt(self.tokenizer, messages)
-        signature_format.check_prompt_tokens(self.signature, len(ids), field="messages")
+        signature.check_prompt_tokens(self.signature, len(ids), field="messages")
         return Query(render_prompt(self.tokenizer, messages), resolved, ids, tuple(stop), messages=messages)
 
     def row(self, query: Query, interrupt: Interrupt | None = None, on_text=None, on_end=None) -> Row:

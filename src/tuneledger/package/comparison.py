@@ -7,13 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneledger.layout import manifest_path_for
-from tuneledger.package import metadata as metadata_format
-from tuneledger.package import weights
-from tuneledger.package.files import METADATA
-from tuneledger.package.manifest import read as read_manifest
+from tuneledger.package import manifest, metadata, weights
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA
 
 # The files a comparison needs; large merged weights are never downloaded for a diff.
-DESCRIBING_FILES = (METADATA, weights.CONFIG, weights.WEIGHTS)
+DESCRIBING_FILES = (METADATA, ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -28,9 +26,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def describe(package: Path, manifest_file: Path | None = None) -> dict[str, Any]:
     """The comparable facts of one package, as flat `section.key` → value."""
     package = Path(package)
-    meta = metadata_format.read(package / METADATA)
+    meta = metadata.read(package / METADATA)
     manifest_file = manifest_file or manifest_path_for(package)
-    content_id = read_manifest(manifest_file).content_id if manifest_file.is_file() else meta["content_id"]
+    content_id = manifest.read(manifest_file).content_id if manifest_file.is_file() else meta["content_id"]
     facts = {"content_id": content_id, "git.commit": meta["git"]["commit"]}
     facts.update(_flatten(weights.describe_adapter(package), "adapter."))
     facts.update(_flatten(meta["metrics"], "metrics."))

@@ -19,9 +19,7 @@ from tuneledger.errors import TuneLedgerError
 from tuneledger.git import git_process
 from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
-from tuneledger.package import manifest as manifest_format
-from tuneledger.package import metadata as metadata_format
-from tuneledger.package import signature as signature_format
+from tuneledger.package import manifest, metadata, signature
 from tuneledger.package.files import ADAPTER_WEIGHTS, GENERATION_CONFIG, METADATA, SIGNATURE
 from tuneledger.package.safetensors_io import open_checked
 from tuneledger.package.verify import copy_private, private_directory, verified_copy
@@ -86,8 +84,8 @@ def committed_manifest_warning(manifest_file: Path) -> str | None:
     if committed is None or committed.returncode != 0:
         return None  # not tracked, or no commit yet: there is no committed manifest to compare with
     try:
-        working = manifest_format.read(manifest_file)
-        same = manifest_format.parse(committed.stdout, Path(f"HEAD:{relative}")) == working
+        working = manifest.read(manifest_file)
+        same = manifest.parse(committed.stdout, Path(f"HEAD:{relative}")) == working
     except TuneLedgerError:
         same = False
     if same:
@@ -141,20 +139,20 @@ def load_package(
     warning = committed_manifest_warning(manifest_file)
     if warning:
         say(escape(warning))
-    with verified_copy(package, manifest_file) as (checked, manifest):  # SHA-256 of the very bytes loaded
-        meta = metadata_format.read(checked / METADATA)
+    with verified_copy(package, manifest_file) as (checked, recorded):  # SHA-256 of the very bytes loaded
+        meta = metadata.read(checked / METADATA)
         tokenizer = modeling.load_tokenizer(checked)
         if onto is None:
             model = _load_model(
                 checked, package, meta, modeling.pick_device(device), Path(base) if base else None
             )
         else:
-            model = onto.add(checked, meta, manifest.content_id)
+            model = onto.add(checked, meta, recorded.content_id)
         return LoadedPackage(
             model,
             tokenizer,
             meta,
-            signature_format.read(checked / SIGNATURE),
+            signature.read(checked / SIGNATURE),
             _eos_token_ids(checked, tokenizer),
         )
 

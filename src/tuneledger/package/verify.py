@@ -19,7 +19,8 @@ from pathlib import Path
 from tuneledger.errors import TuneLedgerError
 from tuneledger.hashing import CHUNK, NotARegularFile, file_kind, sha256_file, sha256_files
 from tuneledger.layout import manifest_path_for
-from tuneledger.package import manifest as manifest_format
+from tuneledger.package import manifest
+from tuneledger.package.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,17 @@ class Problem:
 
 
 def find_problems(
-    package: Path, manifest: manifest_format.Manifest, label: str | None = None, only: list[str] | None = None
+    package: Path, recorded: Manifest, label: str | None = None, only: list[str] | None = None
 ) -> list[Problem]:
-    """Every difference between a directory and its manifest, hashing files in parallel.
+    """Every difference between a directory and its manifest (`recorded`), hashing files in parallel.
 
     `label` names the package in messages (say, the destination of a download still being
     staged); `only` limits the check to some files, for a partial download.
     """
     package = Path(package)
     label = label or str(package)
-    present = set(manifest_format.package_files(package))
-    expected = {n: e for n, e in manifest.files.items() if only is None or n in only}
+    present = set(manifest.package_files(package))
+    expected = {n: e for n, e in recorded.files.items() if only is None or n in only}
     special = dict(special_files(package))
     problems = [Problem(f"{label}/{n}", "special", None, kind) for n, kind in special.items()]
     problems += [
@@ -93,16 +94,16 @@ class VerificationFailed(TuneLedgerError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def verify(package: Path, manifest_file: Path | None = None) -> manifest_format.Manifest:
+def verify(package: Path, manifest_file: Path | None = None) -> Manifest:
     """Raise VerificationFailed (one line per problem) unless the package matches its manifest."""
     package = Path(package)
     if not package.is_dir():
         raise TuneLedgerError(f"{package}: no such package directory; run `dvc repro` or `tuneledger fetch`")
-    manifest = manifest_format.read(manifest_file or manifest_path_for(package))
-    problems = find_problems(package, manifest)
+    recorded = manifest.read(manifest_file or manifest_path_for(package))
+    problems = find_problems(package, recorded)
     if problems:
         raise VerificationFailed(problems)
-    return manifest
+    return recorded
 
 
 def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | None:
@@ -158,9 +159,7 @@ def private_directory(prefix: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def verified_copy(
-    package: Path, manifest_file: Path | None = None
-) -> Iterator[tuple[Path, manifest_format.Manifest]]:
+def verified_copy(package: Path, manifest_file: Path | None = None) -> Iterator[tuple[Path, Manifest]]:
     """A private copy of a package that matches its manifest, and the manifest.
 
     The copy, not the package, is hashed and then loaded: a file swapped in the package after the
@@ -169,13 +168,13 @@ def verified_copy(
     package = Path(package)
     if not package.is_dir():
         raise TuneLedgerError(f"{package}: no such package directory; run `dvc repro` or `tuneledger fetch`")
-    manifest = manifest_format.read(manifest_file or manifest_path_for(package))
-    manifest_format.package_files(package)  # symlinks and pickles are refused by name, as by `verify`
+    recorded = manifest.read(manifest_file or manifest_path_for(package))
+    manifest.package_files(package)  # symlinks and pickles are refused by name, as by `verify`
     with private_directory("tuneledger-load-") as holder:
         copy = holder / package.name
         skipped = copy_private(package, copy)
         problems = [Problem(f"{package}/{n}", "special", None, kind) for n, kind in skipped]
-        problems += find_problems(copy, manifest, label=str(package))
+        problems += find_problems(copy, recorded, label=str(package))
         if problems:
             raise VerificationFailed(problems)
-        yield copy, manifest
+        yield copy, recorded

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.package.adapter_config import read_adapter_config
-from tuneledger.package.files import ADAPTER_CONFIG as CONFIG
-from tuneledger.package.files import ADAPTER_WEIGHTS as WEIGHTS
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from tuneledger.package.safetensors_io import open_checked
 
 if TYPE_CHECKING:  # torch is imported where tensors are read: listing and verifying need no torch
@@ -22,7 +21,7 @@ _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(?:\.[^.]+)?\.weight$")
 
 
 def read_config(package: Path) -> dict:
-    return read_adapter_config(Path(package) / CONFIG)
+    return read_adapter_config(Path(package) / ADAPTER_CONFIG)
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:
@@ -45,7 +44,7 @@ def lora_modules(shapes: dict[str, tuple[str, list[int]]]) -> dict[str, dict[str
 def describe_adapter(package: Path) -> dict:
     """Rank, targets and parameter count from the tensor shapes, next to what the config claims."""
     package = Path(package)
-    shapes = tensor_shapes(package / WEIGHTS)
+    shapes = tensor_shapes(package / ADAPTER_WEIGHTS)
     modules = lora_modules(shapes)
     ranks = sorted({pair["A"][0] for pair in modules.values() if "A" in pair})
     config = read_config(package)
@@ -130,7 +129,7 @@ class AdapterWeights:
         package = Path(package)
         self.config = read_config(package)
         self._stack = ExitStack()
-        self._stored = self._stack.enter_context(open_checked(package / WEIGHTS, framework="pt"))
+        self._stored = self._stack.enter_context(open_checked(package / ADAPTER_WEIGHTS, framework="pt"))
         self._names: dict[str, dict[str, str]] = {}
         for name in self._stored.keys():  # noqa: SIM118 (a safetensors handle is not a mapping)
             lora, magnitude = _LORA.match(name), _MAGNITUDE.match(name)
@@ -256,7 +255,7 @@ def health_problems(package: Path) -> list[str]:
     import torch
 
     problems = []
-    with open_checked(Path(package) / WEIGHTS, framework="pt") as handle:
+    with open_checked(Path(package) / ADAPTER_WEIGHTS, framework="pt") as handle:
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     for name, tensor in sorted(tensors.items()):
         if not torch.isfinite(tensor).all():

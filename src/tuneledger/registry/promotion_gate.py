@@ -6,15 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneledger.errors import TuneLedgerError
-from tuneledger.package import metadata as metadata_format
-from tuneledger.package import signature as signature_format
-from tuneledger.package import weights
-from tuneledger.package.files import METADATA, SIGNATURE
+from tuneledger.package import metadata, signature, weights
+from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, SIGNATURE
 from tuneledger.params import RegistryParams
 from tuneledger.registry.remote import missing_on_remote
 from tuneledger.registry.versions import Resolved, download_verified
 
-GATE_FILES = [METADATA, SIGNATURE, weights.WEIGHTS, weights.CONFIG]
+GATE_FILES = [METADATA, SIGNATURE, ADAPTER_WEIGHTS, ADAPTER_CONFIG]
 LOWER_IS_BETTER = {"loss": True, "perplexity": True, "exact_match": False}
 
 
@@ -107,8 +105,8 @@ def check_metrics(candidate: dict, holder: dict | None, limits: RegistryParams) 
 def check_signature(candidate: Path, holder: Path | None) -> Check:
     if holder is None:
         return Check("signature", True, "no current version to compare with")
-    problems = signature_format.incompatibilities(
-        signature_format.read(holder / SIGNATURE), signature_format.read(candidate / SIGNATURE)
+    problems = signature.incompatibilities(
+        signature.read(holder / SIGNATURE), signature.read(candidate / SIGNATURE)
     )
     return Check(
         "signature", not problems, "; ".join(problems) or "accepts every request the current version accepts"
@@ -137,8 +135,8 @@ def run_gate(
     """Every check, failing or not (the caller decides, so a forced promotion can record them)."""
     cand_dir = download_verified(candidate, workdir / "candidate", GATE_FILES)
     hold_dir = download_verified(holder, workdir / "holder", GATE_FILES) if holder else None
-    cand_meta = metadata_format.read(cand_dir / METADATA)
-    hold_meta = metadata_format.read(hold_dir / METADATA) if hold_dir else None
+    cand_meta = metadata.read(cand_dir / METADATA)
+    hold_meta = metadata.read(hold_dir / METADATA) if hold_dir else None
     return [
         *check_health(cand_dir, hold_dir, limits),
         check_metrics(cand_meta, hold_meta, limits),

@@ -12,9 +12,9 @@ from pathlib import Path
 from tuneledger import git, kernels
 from tuneledger.errors import TuneLedgerError
 from tuneledger.layout import manifest_path_for
-from tuneledger.package import manifest as manifest_format
-from tuneledger.package import metadata as metadata_format
+from tuneledger.package import manifest, metadata
 from tuneledger.package.files import METADATA
+from tuneledger.package.manifest import Manifest
 from tuneledger.registry.versions import Resolved, download_verified, scratch_dir
 
 
@@ -78,7 +78,7 @@ def rebuild_in_worktree(resolved: Resolved) -> Reproduction:
         }
         _run(["dvc", "repro"], worktree, env)
         package = worktree / resolved.path
-        rebuilt = manifest_format.read(manifest_path_for(package))
+        rebuilt = manifest.read(manifest_path_for(package))
         result = Reproduction(resolved.version, resolved.manifest.content_id, rebuilt.content_id)
         if not result.identical:
             result.differing = _differing(resolved, package, rebuilt)
@@ -94,10 +94,10 @@ def _compare_kernels(result: Reproduction, resolved: Resolved, rebuilt_package: 
     workdir = scratch_dir()
     try:
         package = download_verified(resolved, workdir, [METADATA])
-        original = metadata_format.read(package / METADATA)["environment"].get("kernels")
+        original = metadata.read(package / METADATA)["environment"].get("kernels")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    rebuilt = metadata_format.read(rebuilt_package / METADATA)["environment"]["kernels"]
+    rebuilt = metadata.read(rebuilt_package / METADATA)["environment"]["kernels"]
     result.rebuilt_on = rebuilt["cpu"]
     if original:
         result.kernels_compared = True
@@ -109,19 +109,17 @@ def _compare_kernels(result: Reproduction, resolved: Resolved, rebuilt_package: 
         }
 
 
-def _differing(resolved: Resolved, rebuilt_package: Path, rebuilt: manifest_format.Manifest) -> list[str]:
+def _differing(resolved: Resolved, rebuilt_package: Path, rebuilt: Manifest) -> list[str]:
     """Model-defining files whose identity changed (a safetensors header stamp alone does not count)."""
     if rebuilt.content_id == resolved.manifest.content_id:
         return []
-    original_names = manifest_format.defining_files(list(resolved.manifest.files))
+    original_names = manifest.defining_files(list(resolved.manifest.files))
     workdir = scratch_dir()
     try:
-        original = manifest_format.identities(
-            download_verified(resolved, workdir, original_names), original_names
-        )
+        original = manifest.identities(download_verified(resolved, workdir, original_names), original_names)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    new = manifest_format.identities(rebuilt_package, list(rebuilt.files))
+    new = manifest.identities(rebuilt_package, list(rebuilt.files))
     return sorted(n for n in {*original, *new} if original.get(n) != new.get(n))
 
 

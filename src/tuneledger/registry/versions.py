@@ -16,9 +16,9 @@ from tuneledger.errors import TuneLedgerError
 from tuneledger.git import git_process
 from tuneledger.hashing import tree_digest
 from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
-from tuneledger.package import manifest as manifest_format
-from tuneledger.package import metadata as metadata_format
+from tuneledger.package import manifest, metadata
 from tuneledger.package.files import METADATA
+from tuneledger.package.manifest import Manifest
 from tuneledger.package.verify import VerificationFailed, find_problems
 from tuneledger.publication import Publication, roll_forward
 from tuneledger.registry import remote, tags
@@ -30,7 +30,7 @@ class Resolved:
     version: str
     commit: str
     path: str  # package directory inside the repository at that commit
-    manifest: manifest_format.Manifest
+    manifest: Manifest
     manifest_text: str
 
 
@@ -70,7 +70,7 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
             f"{name} {version}: commit {commit[:12]} holds no {manifest_file}; it cannot be verified"
         )
     return Resolved(
-        name, version, commit, path, manifest_format.parse(text, Path(f"{commit[:12]}:{manifest_file}")), text
+        name, version, commit, path, manifest.parse(text, Path(f"{commit[:12]}:{manifest_file}")), text
     )
 
 
@@ -91,7 +91,7 @@ def download_verified(resolved: Resolved, dest: Path, names: list[str]) -> Path:
 
 def _fetch_base(resolved: Resolved, package: Path, dest: Path) -> None:
     """The base model snapshot of that commit, checked against the digest in the verified metadata."""
-    expected = metadata_format.read(package / METADATA)["base_model"]
+    expected = metadata.read(package / METADATA)["base_model"]
     doing = f"downloading the base model of {resolved.version}"
     remote.download(resolved.commit, BASE_DIR.as_posix(), dest, doing=doing)
     digest, files = tree_digest(dest)
@@ -134,10 +134,10 @@ def _is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
-def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
+def _previous_fetch(out: Path) -> Manifest | None:
     """The manifest of an earlier fetch into `out`: beside it, and listing exactly its files."""
     try:
-        previous = manifest_format.read(manifest_path_for(out))
+        previous = manifest.read(manifest_path_for(out))
     except (TuneLedgerError, OSError, UnicodeDecodeError):
         return None
     if out.is_dir() and not out.is_symlink() and _files_under(out) == set(previous.files):
@@ -147,7 +147,7 @@ def _previous_fetch(out: Path) -> manifest_format.Manifest | None:
 
 def _is_manifest(path: Path) -> bool:
     try:
-        manifest_format.read(path)
+        manifest.read(path)
     except (TuneLedgerError, OSError, UnicodeDecodeError):
         return False
     return path.is_file() and not path.is_symlink()
@@ -156,7 +156,7 @@ def _is_manifest(path: Path) -> bool:
 def _previous_base(out: Path, base: Path) -> bool:
     """`base` holds exactly the base files that the earlier fetch's metadata names."""
     try:
-        expected = metadata_format.read(out / METADATA)["base_model"]["files"]
+        expected = metadata.read(out / METADATA)["base_model"]["files"]
     except (TuneLedgerError, OSError, KeyError, TypeError, ValueError):
         return False
     return base.is_dir() and not base.is_symlink() and _files_under(base) == set(expected)

@@ -155,7 +155,7 @@ def register(
     push_first: bool = False,
 ) -> dict[str, Any]:
     """Tag HEAD as a new version of `name`, after every reason to refuse has been checked."""
-    from tuneledger.package import metadata as metadata_format
+    from tuneledger.package import metadata
 
     if bump not in BUMPS:
         raise TuneLedgerError(f"--bump must be major, minor or patch (got {bump!r})")
@@ -175,7 +175,7 @@ def register(
                 f"register refused: {len(missing)} output object(s) are not on the remote; "
                 "run `dvc push` first, or pass --push"
             )
-        meta = metadata_format.read(artifact.path / METADATA)
+        meta = metadata.read(artifact.path / METADATA)
         info = {
             "action": "register",
             "content_id": checked.content_id,
