@@ -40,6 +40,14 @@ if TYPE_CHECKING:  # for annotations: the functions below import these libraries
     from trl import SFTConfig, SFTTrainer
 
 
+def train_or_launch(params: Params) -> None:
+    """Train in this process, or start `train.launcher` on this module and check that it trained."""
+    if launcher.launched_here(params):
+        run(params)
+    else:
+        launcher.launch(params)
+
+
 def run(params: Params) -> dict:
     """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
     check_train_params(params)  # before stale checkpoints are removed: a refused run changes nothing
@@ -87,49 +95,6 @@ def run(params: Params) -> dict:
     return summary
 
 
-def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict]) -> SFTTrainer:
-    """trl's trainer over the base with a fresh adapter, the prepared rows and the run's chat template."""
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
-    tokenizer = modeling.load_tokenizer(BASE_DIR)
-    trainer = SFTTrainer(
-        model=adapted_model(params),
-        args=sft_config(params, assistant_only_loss=trl_masks_assistant_turns(params, tokenizer, train_rows)),
-        train_dataset=training_dataset(params, tokenizer, train_rows),
-        eval_dataset=training_dataset(params, tokenizer, val_rows),
-        processing_class=tokenizer,
-    )
-    trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-# --- configuration ---------------------------------------------------------------------------
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    """Processes in this run, as torchrun and accelerate announce them."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def config_id(params: Params) -> str:
-    """Everything that decides the trained weights; a checkpoint is only resumed by the same id."""
-    inputs = {
-        "seed": params.seed,
-        "model": params.group("model"),  # dtype and quantization change the trajectory
-        "lora": params.group("lora"),
-        "train": params.group("train"),
-        "data": tree_digest(PREPARED_DIR)[0],
-        "base": tree_digest(BASE_DIR)[0],  # the chat template is a file of the base snapshot
-        "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
-        "sharding": sharding(),  # a sharded checkpoint holds other files than an unsharded one
-        "cpu_kernels": kernels.cpu_kernels(),  # another kernel branch rounds differently
-    }
-    return sha256_bytes(canonical_json(inputs))
-
-
 def check_train_params(params: Params) -> None:
     """Names that transformers resolves late, checked before any work: trackers, scheduler, optimizer."""
     from transformers.trainer_utils import SchedulerType
@@ -148,22 +113,62 @@ def check_train_params(params: Params) -> None:
             raise TuneLedgerError(f"params.yaml: train.{key}: unknown {value!r}; transformers knows {known}")
 
 
-def lora_config(params: Params) -> LoraConfig:
-    """peft's own config: it resolves `all-linear`, knows each architecture's attention layers
-    (`auto` = its default), and sets `fan_in_fan_out` for GPT-2's Conv1D layers itself."""
-    from peft import LoraConfig
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
-    lora = params.lora
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=None if lora.target_modules == "auto" else lora.target_modules,
-        use_dora=lora.use_dora,
-        use_rslora=lora.use_rslora,
-        modules_to_save=lora.modules_to_save or None,
-        task_type="CAUSAL_LM",
+
+def config_id(params: Params) -> str:
+    """Everything that decides the trained weights; a checkpoint is only resumed by the same id."""
+    inputs = {
+        "seed": params.seed,
+        "model": params.group("model"),  # dtype and quantization change the trajectory
+        "lora": params.group("lora"),
+        "train": params.group("train"),
+        "data": tree_digest(PREPARED_DIR)[0],
+        "base": tree_digest(BASE_DIR)[0],  # the chat template is a file of the base snapshot
+        "world_size": world_size(),  # the global batch, hence the trajectory, depends on it
+        "sharding": sharding(),  # a sharded checkpoint holds other files than an unsharded one
+        "cpu_kernels": kernels.cpu_kernels(),  # another kernel branch rounds differently
+    }
+    return sha256_bytes(canonical_json(inputs))
+
+
+def world_size() -> int:
+    """Processes in this run, as torchrun and accelerate announce them."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def sharding() -> str | None:
+    """FSDP, as an accelerate config turns it on (`configs/accelerate/fsdp*.yaml`), or None."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    return f"fsdp{os.environ.get('FSDP_VERSION', '1')} {os.environ.get('FSDP_SHARDING_STRATEGY', '')}".strip()
+
+
+def _resumable_checkpoint(config: str, primary: bool):
+    resume, removed = checkpoints.select_resumable(CHECKPOINTS_DIR, config, remove=primary)
+    if primary and removed:
+        say(f"ignoring {len(removed)} checkpoint(s) of another configuration or incomplete: removed")
+    if primary and resume:
+        say(f"resuming from {resume}")
+    return resume
+
+
+def build_trainer(params: Params, train_rows: list[dict], val_rows: list[dict]) -> SFTTrainer:
+    """trl's trainer over the base with a fresh adapter, the prepared rows and the run's chat template."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    tokenizer = modeling.load_tokenizer(BASE_DIR)
+    trainer = SFTTrainer(
+        model=adapted_model(params),
+        args=sft_config(params, assistant_only_loss=trl_masks_assistant_turns(params, tokenizer, train_rows)),
+        train_dataset=training_dataset(params, tokenizer, train_rows),
+        eval_dataset=training_dataset(params, tokenizer, val_rows),
+        processing_class=tokenizer,
     )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def adapted_model(params: Params):
@@ -184,6 +189,24 @@ def adapted_model(params: Params):
     except ValueError as exc:  # peft's own check of the names against the model
         unknown = _unknown_targets(params.lora.target_modules, model)
         raise TuneLedgerError(unknown or f"params.yaml: lora: {first_line(exc)}") from None
+
+
+def lora_config(params: Params) -> LoraConfig:
+    """peft's own config: it resolves `all-linear`, knows each architecture's attention layers
+    (`auto` = its default), and sets `fan_in_fan_out` for GPT-2's Conv1D layers itself."""
+    from peft import LoraConfig
+
+    lora = params.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=None if lora.target_modules == "auto" else lora.target_modules,
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        modules_to_save=lora.modules_to_save or None,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _unknown_targets(targets, model) -> str | None:
@@ -214,21 +237,6 @@ def trl_masks_assistant_turns(params: Params, tokenizer, rows: list[dict]) -> bo
         and "messages" in rows[0]
         and chat.marks_assistant_turns(tokenizer)
     )
-
-
-def training_dataset(params: Params, tokenizer, rows: list[dict]) -> Dataset:
-    """Rows as trl takes them. `messages` rows whose template trl cannot mask come tokenized, with
-    an `assistant_masks` column marking each answer and its end-of-turn token."""
-    from datasets import Dataset
-
-    masked = params.train.assistant_only_loss and rows and "messages" in rows[0]
-    if masked and not chat.marks_assistant_turns(tokenizer):
-        return Dataset.from_list([chat.assistant_masked(tokenizer, row) for row in rows])
-    return Dataset.from_list(rows)
-
-
-def _step_or_epoch(steps: int | None) -> dict:
-    return {"strategy": "steps", "steps": steps} if steps else {"strategy": "epoch", "steps": None}
 
 
 def sft_config(params: Params, assistant_only_loss: bool = False) -> SFTConfig:
@@ -272,21 +280,19 @@ def sft_config(params: Params, assistant_only_loss: bool = False) -> SFTConfig:
     )
 
 
-def sharding() -> str | None:
-    """FSDP, as an accelerate config turns it on (`configs/accelerate/fsdp*.yaml`), or None."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
-        return None
-    return f"fsdp{os.environ.get('FSDP_VERSION', '1')} {os.environ.get('FSDP_SHARDING_STRATEGY', '')}".strip()
+def _step_or_epoch(steps: int | None) -> dict:
+    return {"strategy": "steps", "steps": steps} if steps else {"strategy": "epoch", "steps": None}
 
 
-# --- checkpoints, logs and publication -------------------------------------------------------
-def _resumable_checkpoint(config: str, primary: bool):
-    resume, removed = checkpoints.select_resumable(CHECKPOINTS_DIR, config, remove=primary)
-    if primary and removed:
-        say(f"ignoring {len(removed)} checkpoint(s) of another configuration or incomplete: removed")
-    if primary and resume:
-        say(f"resuming from {resume}")
-    return resume
+def training_dataset(params: Params, tokenizer, rows: list[dict]) -> Dataset:
+    """Rows as trl takes them. `messages` rows whose template trl cannot mask come tokenized, with
+    an `assistant_masks` column marking each answer and its end-of-turn token."""
+    from datasets import Dataset
+
+    masked = params.train.assistant_only_loss and rows and "messages" in rows[0]
+    if masked and not chat.marks_assistant_turns(tokenizer):
+        return Dataset.from_list([chat.assistant_masked(tokenizer, row) for row in rows])
+    return Dataset.from_list(rows)
 
 
 def _live(outputs: StageOutputs) -> Live:
@@ -309,13 +315,6 @@ def _final_loss(history: list[dict]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def _write_canonical_config(adapter_dir) -> None:
-    """peft writes `target_modules` (a set) in hash order, which changes from process to process."""
-    path = adapter_dir / ADAPTER_CONFIG
-    config = canonical(read_adapter_config(path))
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def _publish(staged, tokenizer, live, summary: dict, outputs: StageOutputs) -> None:
     """Put the adapter and the logs into place together, only now that training has succeeded."""
     for extra in set(os.listdir(staged)) - set(ADAPTER_FILES):  # tokenizer, README, a pickled args file
@@ -329,6 +328,13 @@ def _publish(staged, tokenizer, live, summary: dict, outputs: StageOutputs) -> N
     say(f"adapter → {ADAPTER_DIR} ({summary['steps']} steps, final loss {summary['final_loss']})")
 
 
+def _write_canonical_config(adapter_dir) -> None:
+    """peft writes `target_modules` (a set) in hash order, which changes from process to process."""
+    path = adapter_dir / ADAPTER_CONFIG
+    config = canonical(read_adapter_config(path))
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _write_generation_config(staged, tokenizer) -> None:
     """Every token that ends an answer (eos and the chat template's end-of-turn, the ones the adapter
     learnt to stop at), so plain transformers `generate` stops there too. Written here, where the
@@ -340,14 +346,6 @@ def _write_generation_config(staged, tokenizer) -> None:
         "pad_token_id": tokenizer.pad_token_id,
     }
     (staged / GENERATION_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def train_or_launch(params: Params) -> None:
-    """Train in this process, or start `train.launcher` on this module and check that it trained."""
-    if launcher.launched_here(params):
-        run(params)
-    else:
-        launcher.launch(params)
 
 
 main = stage_entry(train_or_launch)
