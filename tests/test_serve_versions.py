@@ -23,6 +23,7 @@ from tuneledger.serve.log import DEFAULT_DB
 KEY = "fleet-key-0123456789abcdef"
 SYNC_SECONDS = 2.0
 CANARY_PERCENT = 30
+USERS = 200  # distinct canary keys: the share over them is checked against binomial bounds
 EXPLODING = "reverse: boom =>"
 # Prompts off the training task, where the versions' adapters answer differently, and on it.
 PROMPTS = ["hello world", "the quick brown fox", "reverse: zebra lion =>", "a", "reverse: red cat sun =>"]
@@ -208,15 +209,16 @@ def test_a_version_of_another_base_is_refused_with_one_line(fleet):
 
 
 def test_the_canary_share_is_binomial_and_each_key_keeps_its_arm(fleet):
-    users = [f"user-{i}" for i in range(300)]
+    users = [f"user-{i}" for i in range(USERS)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         first = list(pool.map(lambda u: complete(fleet, "lora-adapter", PROMPTS[4], 4, user=u)[1], users))
         again = list(pool.map(lambda u: complete(fleet, "lora-adapter", PROMPTS[4], 4, user=u)[1], users))
     assert first == again  # sticky per user
     canary = first.count("lora-adapter@v1.1.0")
     assert set(first) == {"lora-adapter@v1.0.0", "lora-adapter@v1.1.0"}
-    spread = 4 * (300 * 0.3 * 0.7) ** 0.5  # four standard deviations around 90
-    assert abs(canary - 300 * CANARY_PERCENT / 100) <= spread
+    share = CANARY_PERCENT / 100
+    spread = 4 * (USERS * share * (1 - share)) ** 0.5  # four standard deviations
+    assert abs(canary - USERS * share) <= spread
     assert [v == "lora-adapter@v1.1.0" for v in first] == [
         routing.in_canary(u, CANARY_PERCENT) for u in users
     ]
@@ -230,7 +232,7 @@ def test_the_canary_share_is_binomial_and_each_key_keeps_its_arm(fleet):
     arms = dict(
         db.execute("SELECT arm, COUNT(*) FROM requests WHERE arm IS NOT NULL GROUP BY arm").fetchall()
     )
-    assert arms["canary"] >= 2 * canary and arms["stable"] >= 2 * (300 - canary)
+    assert arms["canary"] >= 2 * canary and arms["stable"] >= 2 * (USERS - canary)
 
 
 def canary_users(count: int, in_canary: bool = True) -> list[str]:
