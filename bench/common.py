@@ -82,3 +82,33 @@ def set_param(repo: Path, dotted: str, value) -> None:
 
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def start_server(repo, *options: str):
+    """`tuneledger serve` on a free loopback port with a log of its own; (process, URL, port, log)
+    once /health answers."""
+    import httpx
+
+    from tuneledger.s3local import free_port
+
+    port = free_port()
+    cmd = [
+        "tuneledger",
+        "serve",
+        "--stage",
+        "prod",
+        "--port",
+        str(port),
+        "--db",
+        str(repo / f"serve-{port}.db"),
+    ]
+    proc = subprocess.Popen([*cmd, *options], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url, port, repo / f"serve-{port}.db"
+        except httpx.HTTPError:
+            time.sleep(0.25)
+    proc.terminate()
+    raise RuntimeError("server did not start")

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import httpx
-from common import clone_template, set_param, sh
+from common import clone_template, set_param, sh, start_server
 
 from tuneledger import tasks
-from tuneledger.s3local import LocalS3, configure_remote, free_port
+from tuneledger.s3local import LocalS3, configure_remote
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from forged_versions import register_forged_version  # noqa: E402
@@ -63,21 +63,6 @@ def build(work: Path) -> tuple[Path, LocalS3, list[str]]:
     sh("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
     others = [register_forged_version(repo, scale) for scale in (0.5, -1.0)]
     return repo, s3, ["v1.0.0", *others]
-
-
-def start(repo: Path, *options: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = ["tuneledger", "serve", "--port", str(port), "--db", str(repo / f"serve-{port}.db"), *options]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.terminate()
-    raise RuntimeError("server did not start")
 
 
 def ask(url: str, messages, model: str) -> tuple[float | None, int]:
@@ -227,14 +212,14 @@ def run(ctx: dict) -> dict:
 def measure(repo: Path, versions: list[str]) -> dict:
     figures: dict[str, dict] = {}
     # Deadlines long enough for the slowest contender: every request is answered, none times out.
-    one, one_url = start(repo, "--max-batch", "1", "--request-timeout", "900")
+    one, one_url, _, _ = start_server(repo, "--max-batch", "1", "--request-timeout", "900")
     try:
         for clients in CLIENTS:
             figures[f"one {clients}"] = load(one_url, clients, ["lora-adapter"])
     finally:
         one.terminate()
         one.wait()
-    batched, url = start(repo, "--request-timeout", "900")
+    batched, url, _, _ = start_server(repo, "--request-timeout", "900")
     try:
         probe = HealthProbe(url)
         for clients in CLIENTS:

@@ -17,38 +17,13 @@ import time
 from collections import Counter
 
 import httpx
-
-from tuneledger.s3local import free_port
+from common import start_server
 
 SECONDS = 20.0
 REQUEST_TIMEOUT, BODY_TIMEOUT, HEADER_TIMEOUT, MAX_QUEUE = 4.0, 2.0, 2.0, 16
 SLACK = 1.0  # scheduling and transfer allowed beyond a deadline
 BODY = b'{"prompt": "reverse: red cat sun =>", "max_new_tokens": 32}'
 MIX = {"generate": 32, "trickle": 16, "headers": 8, "quit": 8}  # 64 clients
-
-
-def start_server(repo, *options: str):
-    port = free_port()
-    cmd = [
-        "tuneledger",
-        "serve",
-        "--stage",
-        "prod",
-        "--port",
-        str(port),
-        "--db",
-        str(repo / f"limits-{port}.db"),
-    ]
-    proc = subprocess.Popen([*cmd, *options], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url, port, repo / f"limits-{port}.db"
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    proc.terminate()
-    raise RuntimeError("server did not start")
 
 
 async def _status(reader: asyncio.StreamReader, timeout: float) -> int | str:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
 import time
 
 import httpx
-from common import sh
-
-from tuneledger.s3local import free_port
+from common import sh, start_server
 
 REQUESTS = 40
 PROMPTS = [
@@ -18,34 +15,6 @@ PROMPTS = [
         "red blue gold pink".split(), "cat dog owl fox".split(), "sun moon star rain".split(), strict=True
     )
 ]
-
-
-def _start(repo, shadow: str | None):
-    port = free_port()
-    cmd = [
-        "tuneledger",
-        "serve",
-        "--stage",
-        "prod",
-        "--port",
-        str(port),
-        "--db",
-        str(repo / f"serve-{port}.db"),
-    ]
-    proc = subprocess.Popen(
-        cmd + (["--shadow", shadow] if shadow else []),
-        cwd=repo,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.25)
-    raise RuntimeError("server did not start")
 
 
 def _p50(url: str) -> float:
@@ -71,8 +40,8 @@ def _drain(url: str) -> None:
 def run(ctx: dict, rounds: int = 5) -> dict:
     repo = ctx["repo"]
     sh("tuneledger", "promote", "v1.1.0", "--stage", "staging", "--force", "--reason", "bench", cwd=repo)
-    plain, plain_url = _start(repo, None)
-    shadowed, shadow_url = _start(repo, "staging")
+    plain, plain_url, _, _ = start_server(repo)
+    shadowed, shadow_url, _, _ = start_server(repo, "--shadow", "staging")
     try:
         off, on = [], []
         for round_ in range(rounds):

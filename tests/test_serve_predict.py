@@ -128,8 +128,14 @@ def test_a_row_cancelled_inside_a_batch_leaves_it_and_the_rest_go_on(predictor):
 
 def test_a_row_past_its_deadline_inside_a_batch_leaves_it_and_the_rest_go_on(predictor):
     rows = rows_for(predictor, [("red cat", 160), ("sun", 30)])
-    rows[0].interrupt = Interrupt(deadline=time.monotonic() + 0.05)
-    rows[1].on_text = lambda text: time.sleep(0.002)  # a slower model: the deadline falls mid-batch
+    seen = []
+
+    def the_deadline_falls_after_three_pieces(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 3:
+            rows[0].interrupt.deadline = time.monotonic()  # due now, in the middle of the batch
+
+    rows[1].on_text = the_deadline_falls_after_three_pieces
     late, on_time = decode(predictor.model, rows)
     assert late.interrupted == "deadline" and 0 < len(late.token_ids) < 160
     assert on_time.interrupted is None and len(on_time.token_ids) == 30

@@ -197,7 +197,9 @@ def _adapters(model, rows: list[_Progress]) -> dict[str, Any]:
     if names == {None}:
         return {}
     if len(names) == 1:
-        model.set_adapter(names.pop())
+        name = names.pop()
+        if model.active_adapter != name:  # set_adapter walks every layer: not on every step
+            model.set_adapter(name)
         return {}
     return {"adapter_names": [p.row.adapter or BASE_ADAPTER for p in rows]}
 

@@ -55,7 +55,11 @@ def resolve(name: str, version: str | None = None, stage: str | None = None) -> 
     if version not in registered:
         known = ", ".join(registered) or "none yet (run `tuneledger register`)"
         raise TuneLedgerError(f"version {version} of {name} not found; registered versions: {known}")
-    commit = registered[version].commit
+    return resolve_at(name, version, registered[version].commit)
+
+
+def resolve_at(name: str, version: str, commit: str) -> Resolved:
+    """The trusted manifest of `version`, registered on `commit` (for callers that read the tags)."""
     spec = yaml.safe_load(git_show(commit, "dvc.yaml") or "{}") or {}
     declared = (spec.get("artifacts") or {}).get(name)
     if not declared:

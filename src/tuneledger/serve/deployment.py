@@ -13,10 +13,11 @@ from tuneledger.predict import Predictor
 from tuneledger.registry.versions import Resolved, publish_verified, resolve
 
 
-@dataclass
+@dataclass(eq=False)
 class Deployment:
+    """A version loaded to answer: the artifact, the resolved version, its predictor."""
+
     name: str
-    stage: str
     resolved: Resolved
     predictor: Predictor
     since: float = field(default_factory=time.time)
@@ -41,7 +42,6 @@ class Deployment:
     def describe(self) -> dict:
         return {
             "name": self.name,
-            "stage": self.stage,
             "version": self.version,
             "content_id": self.content_id,
             "commit": self.resolved.commit,
@@ -85,7 +85,7 @@ def deploy(name: str, stage: str, cache: Path = SERVE_CACHE, device: str | None 
         predictor = Predictor.open(package, base=base_path_for(package), device=device)
     except Exception as exc:
         raise DeployFailed(f"{step} failed", exc) from exc
-    return Deployment(name, stage, resolved, predictor)
+    return Deployment(name, resolved, predictor)
 
 
 def current_version(name: str, stage: str) -> str | None:

@@ -22,46 +22,16 @@ from tuneledger.package.files import METADATA
 from tuneledger.package.loader import SharedBase, load_package
 from tuneledger.predict import Predictor
 from tuneledger.registry.versions import Resolved, publish_verified
-from tuneledger.serve.deployment import DeployFailed, reusable_fetch
+from tuneledger.serve.deployment import DeployFailed, Deployment, reusable_fetch
 
 
 @dataclass(eq=False)
-class Resident:
+class Resident(Deployment):
     """A version resident on the shared base, answering through its adapter."""
 
-    name: str
-    resolved: Resolved
-    predictor: Predictor
-    mixable: bool  # may share a batch with other adapters (peft cannot mix DoRA adapters)
-    since: float = field(default_factory=time.time)
+    mixable: bool = True  # may share a batch with other adapters (peft cannot mix DoRA adapters)
     last_used: float = field(default_factory=time.monotonic)
     pins: int = 0  # requests holding it: a pinned version is never unloaded
-
-    @property
-    def version(self) -> str:
-        return self.resolved.version
-
-    @property
-    def content_id(self) -> str:
-        return self.resolved.manifest.content_id
-
-    @property
-    def model_id(self) -> str:
-        """How replies name what answered: the artifact and its exact version."""
-        return f"{self.name}@{self.version}"
-
-    def headers(self) -> dict[str, str]:
-        """Sent with every answer, streamed or not, whatever the route."""
-        return {"X-TuneLedger-Version": self.version, "X-TuneLedger-Content-Id": self.content_id}
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "content_id": self.content_id,
-            "commit": self.resolved.commit,
-            "since": self.since,
-        }
 
 
 class ResidentVersions:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from tuneledger.errors import TuneLedgerError
 from tuneledger.registry import tags
-from tuneledger.registry.versions import Resolved, resolve
+from tuneledger.registry.versions import Resolved, resolve_at
 
 VERSION = re.compile(r"v\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?")
 CONTENT_PREFIX = re.compile(r"[0-9a-f]{8,64}")
@@ -86,12 +86,13 @@ class RegistryView:
         self.commits, self.holders = commits, holders  # two reference assignments: readers see either
 
     def resolved(self, version: str) -> Resolved:
-        """The version's commit and committed manifest (read once per version)."""
+        """The version's commit and committed manifest (read once per version, from the commit
+        the last refresh saw, without reading the tags again)."""
         key = (version, self.commits.get(version, ""))
         with self._lock:
             known = self._resolved.get(key)
         if known is None:
-            known = resolve(self.name, version=version)
+            known = resolve_at(self.name, version, key[1])
             with self._lock:
                 self._resolved[key] = known
         return known
