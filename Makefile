@@ -47,7 +47,7 @@ s3-local: setup
 	@if [ -f .s3-local/pid ] && kill -0 $$(cat .s3-local/pid) 2>/dev/null; then \
 		echo "local S3 already running (pid $$(cat .s3-local/pid))"; \
 	else \
-		nohup $(BIN)/python -m tuneledger.s3local --port $(S3_PORT) --configure > .s3-local/server.log 2>&1 & \
+		nohup $(BIN)/python -m tuneledger.core.s3local --port $(S3_PORT) --configure > .s3-local/server.log 2>&1 & \
 		echo $$! > .s3-local/pid; \
 		for i in $$(seq 50); do grep -q "local S3 on" .s3-local/server.log && break; sleep 0.2; done; \
 		cat .s3-local/server.log; \

@@ -89,7 +89,7 @@ def start_server(repo, *options: str):
     once /health answers."""
     import httpx
 
-    from tuneledger.s3local import free_port
+    from tuneledger.core.s3local import free_port
 
     port = free_port()
     cmd = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common import interleaved, summary
 
-from tuneledger.fsutil import own_bytes
+from tuneledger.core.fsutil import own_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from real_model import smollm2_dir  # noqa: E402
@@ -58,7 +58,7 @@ def _shares_extents(work: Path) -> bool:
     """Whether this filesystem makes reflinks (then own_bytes costs no copy)."""
     import fcntl
 
-    from tuneledger.fsutil import FICLONE
+    from tuneledger.core.fsutil import FICLONE
 
     source, target = work / "probe-source", work / "probe-target"
     source.write_bytes(b"x" * 4096)

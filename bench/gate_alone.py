@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tuneledger.params import load_params
+from tuneledger.core.params import load_params
 from tuneledger.registry import tags
 from tuneledger.registry.promotion_gate import run_gate
 from tuneledger.registry.versions import discard, resolve, scratch_dir

@@ -7,7 +7,7 @@ import sys
 
 from common import interleaved, ratio, sh, summary
 
-from tuneledger.kernels import PORTABLE_CPU_KERNELS
+from tuneledger.core.kernels import PORTABLE_CPU_KERNELS
 
 BUILD = (
     "import sys; from pathlib import Path; from tuneledger import base_model; "

@@ -9,7 +9,7 @@ import sys
 
 from common import HERE_BENCH, clone_template, goal_verdict, interleaved, ratio, sh, summary
 
-from tuneledger.kernels import PORTABLE_CPU_KERNELS
+from tuneledger.core.kernels import PORTABLE_CPU_KERNELS
 
 GOAL = 10.0  # seconds more than the plain script
 

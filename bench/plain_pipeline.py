@@ -13,8 +13,9 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from tuneledger import base_model, data, evaluation
-from tuneledger.params import load_params
+from tuneledger.core.params import load_params
+from tuneledger.inference import evaluation
+from tuneledger.models import base_model, data
 
 
 def main(params_file: str) -> None:

@@ -19,8 +19,9 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from trl import SFTConfig, SFTTrainer
 
-from tuneledger import data, evaluation, modeling
-from tuneledger.params import load_params
+from tuneledger.core.params import load_params
+from tuneledger.inference import evaluation
+from tuneledger.models import data, modeling
 
 
 def main(params_file: str) -> None:

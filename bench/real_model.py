@@ -27,8 +27,8 @@ from common import (
     timed,
 )
 
-from tuneledger.kernels import PORTABLE_CPU_KERNELS
-from tuneledger.s3local import LocalS3, configure_remote
+from tuneledger.core.kernels import PORTABLE_CPU_KERNELS
+from tuneledger.core.s3local import LocalS3, configure_remote
 
 # 48 steps of batch 8 take 2.5 to 3 minutes on 2 cores: at least 2 minutes of training, a real workload.
 TRAIN = {"max_steps": 48, "batch_size": 8, "max_length": 64, "lr": 0.005, "logging_steps": 8}

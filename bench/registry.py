@@ -8,7 +8,7 @@ import time
 
 from common import commit, dir_bytes, interleaved, ratio, set_param, sh, summary
 
-from tuneledger.s3local import LocalS3, configure_remote
+from tuneledger.core.s3local import LocalS3, configure_remote
 
 NAME = "lora-adapter"
 

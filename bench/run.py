@@ -18,7 +18,7 @@ sys.path.insert(0, str(HERE))
 
 from common import clone_template, sh  # noqa: E402
 
-from tuneledger.kernels import cpu_name  # noqa: E402
+from tuneledger.core.kernels import cpu_name  # noqa: E402
 
 # In order: `pipeline` leaves a completed default run that the later sections build on.
 SECTIONS = [

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 from common import clone_template, set_param, sh, start_server
 
-from tuneledger import tasks
-from tuneledger.s3local import LocalS3, configure_remote
+from tuneledger.core.s3local import LocalS3, configure_remote
+from tuneledger.models import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from forged_versions import register_forged_version  # noqa: E402
@@ -147,7 +147,7 @@ PEER = """
 import json, sys, time, torch
 from peft import PeftModel
 from transformers import AutoTokenizer, GenerationConfig
-from tuneledger import modeling
+from tuneledger.models import modeling
 base, adapter, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 prompts = json.loads(sys.stdin.read())
 tokenizer = AutoTokenizer.from_pretrained(base)

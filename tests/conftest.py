@@ -168,7 +168,7 @@ def trained_repo(default_run, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def s3():
     """A real S3 endpoint (moto server) on 127.0.0.1 for the whole session."""
-    from tuneledger.s3local import LocalS3
+    from tuneledger.core.s3local import LocalS3
 
     server = LocalS3().start()
     yield server
@@ -177,7 +177,7 @@ def s3():
 
 def use_remote(repo: Path, s3, bucket: str) -> None:
     """Point the repo's `storage` remote at a fresh bucket of the local S3 (config.local only)."""
-    from tuneledger.s3local import configure_remote
+    from tuneledger.core.s3local import configure_remote
 
     s3.client().create_bucket(Bucket=bucket)
     configure_remote(s3.endpoint, bucket=bucket, cwd=str(repo))
@@ -208,7 +208,7 @@ def serving(
     unread pipe would fill and stall the server). The one place tests start a server."""
     import httpx
 
-    from tuneledger.s3local import free_port
+    from tuneledger.core.s3local import free_port
 
     port = free_port()
     env = {**os.environ, **(env or {}), **({"TUNELEDGER_API_KEY": api_key} if api_key else {})}

@@ -17,12 +17,9 @@ SOURCE = PROJECT / "src"
 
 # Bottom first. A module may import modules of its own layer and of the layers below it.
 LAYERS = (
-    (
-        "foundation",
-        "errors secrets layout hashing fsutil faults progress params tasks git hub kernels modeling "
-        "publication checkpoints s3local",
-    ),
-    ("models and packages", "chat generation data base_model evaluation callbacks package predict"),
+    ("foundation", "core"),
+    ("models, data and packages", "models package"),
+    ("inference", "inference"),
     ("pipeline stages", "stages"),
     ("registry", "registry"),
     ("serving", "serve"),
@@ -30,7 +27,7 @@ LAYERS = (
     ("command line", "cli"),
 )
 PUBLIC_ROOT = "tuneledger"  # its `load()` is the models layer's loader, under the package's own name
-PUBLIC_ROOT_LAYER = "models and packages"
+PUBLIC_ROOT_LAYER = "models, data and packages"
 
 
 @cache

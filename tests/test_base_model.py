@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from conftest import read_json, run, set_params
-from tuneledger.base_model import snapshot
-from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import tree_digest
-from tuneledger.params import ModelParams
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.hashing import tree_digest
+from tuneledger.models.base_model import snapshot
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -38,7 +37,7 @@ def test_local_directory_is_snapshotted_without_pickles(default_run, tmp_path):
     torch.save({"x": torch.zeros(1)}, src / "pytorch_model.bin")
     out = tmp_path / "out"
     out.mkdir()
-    record = snapshot(ModelParams(base=str(src)), out, seed=0)
+    record = snapshot(str(src), None, None, out)
     assert record["kind"] == "local"
     assert not (out / "pytorch_model.bin").exists()
     assert (out / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
@@ -52,7 +51,7 @@ def test_pickle_only_directory_is_refused(tmp_path):
     with pytest.raises(
         TuneLedgerError, match=r"no \*.safetensors weights in .*pickle weights \['pytorch_model.bin'\]"
     ):
-        snapshot(ModelParams(base=str(src)), tmp_path, seed=0)
+        snapshot(str(src), None, None, tmp_path)
 
 
 def test_hub_id_resolves_through_the_offline_cache(default_run, project_copy, tmp_path):

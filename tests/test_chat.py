@@ -7,8 +7,8 @@ import contextlib
 import os
 
 from conftest import read_json, run, set_params
-from tuneledger import chat
-from tuneledger.params import load_params
+from tuneledger.core.params import load_params
+from tuneledger.models import chat
 
 MULTI_TURN = {
     "messages": [
@@ -132,14 +132,15 @@ def test_chat_data_on_a_base_without_template_is_one_clear_error(trained_repo, t
     set_params(
         trained_repo, **{"model.base": str(tiny_base_dir), "data.source": "builtin:reverse-words-chat"}
     )
-    before = (trained_repo / "data/prepared/train.jsonl").read_bytes()
-    failed = run("dvc", "repro", "prepare", cwd=trained_repo, check=False)
+    before = (trained_repo / "models/adapter/adapter_model.safetensors").read_bytes()
+    failed = run("dvc", "repro", "train", cwd=trained_repo, check=False)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert (
         "error: model.chat_template: the base model has no chat template and the data is conversational"
         in failed.stderr
     )
-    assert (trained_repo / "data/prepared/train.jsonl").read_bytes() == before
+    assert (trained_repo / "models/adapter/adapter_model.safetensors").read_bytes() == before
+    assert list((trained_repo / "models/checkpoints").iterdir()), "a refused run removed checkpoints"
 
 
 def test_a_template_file_must_live_under_configs(trained_repo, tiny_base_dir, tmp_path):
@@ -167,7 +168,7 @@ def test_a_template_file_of_the_repo_is_used_and_recorded(trained_repo, tiny_bas
 def test_message_content_never_becomes_a_special_token(chat_run):
     """`<|im_start|>system` typed inside a user's message stays text: a client cannot forge a turn.
     A raw completion prompt is the client's own text, special tokens included (documented)."""
-    from tuneledger.predict import Predictor
+    from tuneledger.inference.predict import Predictor
 
     predictor = Predictor.open(chat_run / "models/export", base=chat_run / "models/base")
     tokenizer = predictor.tokenizer

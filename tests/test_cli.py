@@ -52,10 +52,10 @@ def test_debug_shows_the_traceback(project_copy):
 
 
 def test_a_local_s3_without_moto_says_what_to_install(tmp_path):
-    """`make s3-local` runs tuneledger.s3local, which needs moto (a test extra): without it, one line."""
+    """`make s3-local` runs tuneledger.core.s3local, which needs moto (a test extra): without it, one line."""
     hide_moto = (
         "import sys; sys.modules['moto'] = sys.modules['moto.server'] = None; "
-        "sys.argv = ['s3local']; from tuneledger.s3local import main; main()"
+        "sys.argv = ['s3local']; from tuneledger.core.s3local import main; main()"
     )
     done = run(sys.executable, "-c", hide_moto, cwd=tmp_path, check=False)
     assert done.returncode != 0 and "Traceback" not in done.stderr

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from conftest import run, set_params
-from tuneledger import data, tasks
-from tuneledger.errors import TuneLedgerError
-from tuneledger.params import DataParams
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.params import DataParams
+from tuneledger.models import data, tasks
 
 
 def write(tmp_path, content: bytes | str, name="rows.jsonl"):

@@ -12,7 +12,7 @@ from functools import cache
 import pytest
 
 from conftest import PROJECT, read_json
-from tuneledger.params import Params
+from tuneledger.core.params import Params
 
 README = PROJECT / "README.md"
 RELIABILITY = PROJECT / "docs/reliability.md"

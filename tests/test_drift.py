@@ -119,7 +119,7 @@ def test_dora_drift_without_the_base_compares_magnitude_vectors(tmp_path):
 
 
 def test_dora_with_another_base_is_one_clear_error(tmp_path):
-    from tuneledger.errors import TuneLedgerError
+    from tuneledger.core.errors import TuneLedgerError
 
     base, targets, fan_in_fan_out = tiny_base("llama")
     adapter_as_trained(base, targets, fan_in_fan_out, seed=1, use_dora=True).save_pretrained(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from conftest import read_json, run
-from tuneledger.checkpoints import SEAL
+from tuneledger.models.checkpoints import SEAL
 from tuneledger.package.weights import tensor_shapes
 
 

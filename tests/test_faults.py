@@ -19,10 +19,10 @@ import yaml
 from conftest import read_json, run, use_remote
 from faultproxy import FlakyProxy
 from tuneledger import load
-from tuneledger.checkpoints import SEAL
-from tuneledger.hashing import sha256_file
+from tuneledger.core.hashing import sha256_file
+from tuneledger.core.s3local import configure_remote
+from tuneledger.models.checkpoints import SEAL
 from tuneledger.package.verify import VerificationFailed, verify
-from tuneledger.s3local import configure_remote
 
 pytestmark = pytest.mark.faults
 ADAPTER = "models/adapter/adapter_model.safetensors"

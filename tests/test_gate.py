@@ -13,7 +13,7 @@ import re
 import pytest
 
 from conftest import commit_all, copy_repo, read_json, run, set_params, use_remote
-from tuneledger.params import RegistryParams
+from tuneledger.core.params import RegistryParams
 from tuneledger.registry.promotion_gate import check_metrics
 
 NAME = "lora-adapter"

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PROJECT, run
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.params import validate_params
 from tuneledger.package import manifest
 from tuneledger.package.safetensors_io import open_checked, tensor_digest
-from tuneledger.params import validate_params
 
 pytestmark = pytest.mark.faults
 DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -72,13 +72,13 @@ def test_a_single_50_mb_line_is_read_within_bounds(tmp_path):
     path = tmp_path / "big.jsonl"
     path.write_text(json.dumps({"text": "x" * 50_000_000}) + "\n")
     peak, printed = rss_after(
-        f"from pathlib import Path\nfrom tuneledger.data import read_jsonl\n"
+        f"from pathlib import Path\nfrom tuneledger.models.data import read_jsonl\n"
         f"print(len(read_jsonl(Path({str(path)!r}))[0]['text']))"
     )
     assert "50000000" in printed and peak < 600, peak
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "' + "x" * 50_000_000 + "\n")
-    from tuneledger.data import read_jsonl
+    from tuneledger.models.data import read_jsonl
 
     with pytest.raises(TuneLedgerError, match=r"broken.jsonl:1: not valid JSON"):
         read_jsonl(broken)
@@ -90,7 +90,7 @@ def test_a_million_tiny_rows_are_read_within_bounds(tmp_path):
         for i in range(1_000_000):
             handle.write(f'{{"prompt": "q{i}", "completion": "a"}}\n')
     peak, printed = rss_after(
-        f"from pathlib import Path\nfrom tuneledger.data import read_jsonl\n"
+        f"from pathlib import Path\nfrom tuneledger.models.data import read_jsonl\n"
         f"print(len(read_jsonl(Path({str(path)!r}))))"
     )
     assert "1000000" in printed and peak < 1500, peak

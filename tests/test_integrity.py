@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from conftest import copy_repo, read_json, run, set_params
-from tuneledger.checkpoints import SEAL, checkpoint_dirs, select_resumable
+from tuneledger.models.checkpoints import SEAL, checkpoint_dirs, select_resumable
 from tuneledger.package import manifest
 
 TARGETS = ["c_attn", "c_proj"]
@@ -109,9 +109,9 @@ def test_the_content_id_reads_the_adapter_config_by_meaning(package):
 # (without removing the others, so every setting sees the same checkpoints).
 CHOOSE_CHECKPOINT = """
 import json
-from tuneledger.checkpoints import select_resumable
-from tuneledger.layout import CHECKPOINTS_DIR
-from tuneledger.params import load_params
+from tuneledger.models.checkpoints import select_resumable
+from tuneledger.core.layout import CHECKPOINTS_DIR
+from tuneledger.core.params import load_params
 from tuneledger.stages.train import config_id
 config = config_id(load_params())
 resume, unusable = select_resumable(CHECKPOINTS_DIR, config, remove=False)

@@ -12,18 +12,18 @@ import yaml
 
 from conftest import read_json, run, set_params
 from test_chat import inside
-from tuneledger.errors import TuneLedgerError
-from tuneledger.faults import FAULT_VARIABLE
-from tuneledger.hashing import sha256_file
-from tuneledger.params import load_params
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.faults import FAULT_VARIABLE
+from tuneledger.core.hashing import sha256_file
+from tuneledger.core.params import check_names_transformers_resolves, load_params
 
 
 def adapted(repo, **lora):
     """The train stage's model (base + fresh adapter) for these lora params."""
-    from tuneledger.stages import train
-
     params = load_params(repo / "params.yaml")
     params = params.model_copy(update={"lora": params.lora.model_copy(update=lora)})
+    from tuneledger.stages import train
+
     with inside(repo):
         return train.adapted_model(params)
 
@@ -67,13 +67,11 @@ def test_dora_rslora_and_modules_to_save_reach_peft(default_run):
     ],
 )
 def test_names_transformers_resolves_are_checked_before_training(default_run, key, value, message):
-    from tuneledger.stages import train
-
     group, name = key.split(".")
     params = load_params(default_run / "params.yaml")
     params = params.model_copy(update={group: params.train.model_copy(update={name: value})})
     with pytest.raises(TuneLedgerError) as refused:
-        train.check_train_params(params)
+        check_names_transformers_resolves(params.train)
     assert str(refused.value).startswith(f"params.yaml: {message}") and "\n" not in str(refused.value)
 
 

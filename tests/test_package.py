@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from conftest import read_json, run
 from tuneledger import load
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 from tuneledger.package import manifest, metadata
 from tuneledger.package.safetensors_io import open_checked, rewrite_metadata, tensor_digest
 from tuneledger.package.verify import VerificationFailed, verify
@@ -218,7 +218,7 @@ def test_load_verifies_then_runs_on_one_device(default_run, monkeypatch):
     monkeypatch.chdir(default_run)
     model, tokenizer = load("models/export")
     assert {p.device.type for p in model.parameters()} == {"cpu"}
-    from tuneledger.generation import generate
+    from tuneledger.inference.generation import generate
 
     assert generate(model, tokenizer, ["reverse: red cat sun =>"], 8)[0].strip() == "sun cat red"
 

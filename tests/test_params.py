@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from conftest import PROJECT, run, set_params
-from tuneledger.errors import TuneLedgerError
-from tuneledger.params import load_params, validate_params
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.params import load_params, validate_params
 
 DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import yaml
 
 from conftest import PROJECT, copy_repo, read_json, run
-from tuneledger import kernels
-from tuneledger.hashing import sha256_file
-from tuneledger.layout import BASE_RECORD
+from tuneledger.core import kernels
+from tuneledger.core.hashing import sha256_file
+from tuneledger.core.layout import BASE_RECORD
 
 
 def _outs(lock_path):

@@ -1,7 +1,7 @@
 """All-or-nothing publication, and never deleting what the tool did not make.
 
 Kills are deterministic: `TUNELEDGER_FAULT=<point>` SIGKILLs the process at a named point
-(tuneledger/faults.py), so each window between two renames is hit exactly. A rerun is then
+(tuneledger/core/faults.py), so each window between two renames is hit exactly. A rerun is then
 killed right after it has begun (`publish:begun`), which shows what every rerun starts from.
 """
 
@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from conftest import run, set_params
-from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import tree_digest
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.hashing import tree_digest
 from tuneledger.package.verify import VerificationFailed, verify
 
 KILLED = -signal.SIGKILL
 
 PUBLISH = """
 import sys
-from tuneledger.publication import Publication
+from tuneledger.core.publication import Publication
 
 with Publication("out/package", "out/package.json") as outputs:
     staged = outputs.staged_dir("out/package")
@@ -94,7 +94,7 @@ def test_the_windows_are_real(tmp_path):
 
 
 def test_a_failure_while_staging_discards_the_staged_outputs_only(tmp_path, monkeypatch):
-    from tuneledger.publication import Publication
+    from tuneledger.core.publication import Publication
 
     old = old_outputs(tmp_path)
     monkeypatch.chdir(tmp_path)

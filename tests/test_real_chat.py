@@ -24,7 +24,7 @@ from conftest import (
     use_remote,
 )
 from test_chat import collated_spans
-from tuneledger import chat, tasks
+from tuneledger.models import chat, tasks
 from tuneledger.serve.log import DEFAULT_DB
 
 pytestmark = pytest.mark.slow

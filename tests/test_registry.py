@@ -10,9 +10,9 @@ import subprocess
 import time
 
 from conftest import commit_all, read_json, run, set_params, use_remote
-from tuneledger import kernels
-from tuneledger.hashing import sha256_file
-from tuneledger.s3local import configure_remote, free_port
+from tuneledger.core import kernels
+from tuneledger.core.hashing import sha256_file
+from tuneledger.core.s3local import configure_remote, free_port
 
 NAME = "lora-adapter"
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import copy_repo, read_json, run, set_params
-from tuneledger.faults import FAULT_VARIABLE
+from tuneledger.core.faults import FAULT_VARIABLE
 from tuneledger.package.weights import tensor_shapes
 
 
@@ -163,7 +163,7 @@ def test_fsdp_with_two_cpu_processes_writes_one_whole_adapter(trained_repo):
 
 def test_sharding_and_world_size_are_part_of_the_training_configuration(default_run, monkeypatch):
     from test_chat import inside
-    from tuneledger.params import load_params
+    from tuneledger.core.params import load_params
     from tuneledger.stages import train
 
     params = load_params(default_run / "params.yaml")

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import commit_all, run, set_params
-from tuneledger.layout import manifest_path_for
+from tuneledger.core.layout import manifest_path_for
 from tuneledger.package import manifest
 
 NAME = "lora-adapter"
@@ -121,7 +121,7 @@ def git_repo_with_secrets(tmp_path, monkeypatch):
 def test_redaction_takes_linear_time_on_64_kib(unit):
     """32,000 characters of `a-a-…` took 9.4 s (the patterns backtracked); 64 KiB of each shape
     that fed a backtracking pattern now takes well under a second (quadratic: about 40 s)."""
-    from tuneledger.secrets import redact
+    from tuneledger.core.secrets import redact
 
     text = unit * (64 * 1024 // len(unit))
     started = time.perf_counter()
@@ -301,8 +301,8 @@ def test_what_predictor_reads_besides_the_weights_comes_from_the_verified_copy(
 ):
     """Signature, metadata and generation config swapped in the package once the verified copy is
     gone (the window after loading) never reach the predictor: all are read from the copy."""
+    from tuneledger.inference.predict import Predictor
     from tuneledger.package import loader
-    from tuneledger.predict import Predictor
 
     package = tmp_path / "pkg"
     shutil.copytree(default_run / "models/export", package)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from conftest import commit_all, copy_repo, run, serving, set_params
-from tuneledger.faults import FAULT_VARIABLE
+from tuneledger.core.faults import FAULT_VARIABLE
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.log import DEFAULT_DB
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from conftest import copy_repo, run, serving
-from tuneledger.s3local import free_port
+from tuneledger.core.s3local import free_port
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.log import DEFAULT_DB
 

@@ -239,7 +239,7 @@ def test_refusals_are_counted_per_minute_and_status_not_stored(tmp_path):
 
 
 def test_kept_prompts_are_redacted_the_servers_own_key_too():
-    from tuneledger.secrets import register_secret
+    from tuneledger.core.secrets import register_secret
 
     key = "served-with-this-key-7f3a9c1e"
     register_secret(key)

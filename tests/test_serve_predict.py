@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from tuneledger.generation import Interrupt, Interrupted, Row, StopScanner, decode
+from tuneledger.inference.generation import Interrupt, Interrupted, Row, StopScanner, decode
+from tuneledger.inference.predict import Predictor
 from tuneledger.package import signature
-from tuneledger.predict import Predictor
 
 
 @pytest.fixture(scope="module")

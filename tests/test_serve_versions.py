@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from conftest import copy_repo, read_json, register_forged_version, run, serving, set_params
-from tuneledger.faults import FAULT_VARIABLE
+from tuneledger.core.faults import FAULT_VARIABLE
 from tuneledger.serve import routing
 from tuneledger.serve.log import DEFAULT_DB
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from conftest import run
-from tuneledger.checkpoints import SEAL
-from tuneledger.hashing import sha256_file
+from tuneledger.core.hashing import sha256_file
+from tuneledger.models.checkpoints import SEAL
 
 ADAPTER = "models/adapter/adapter_model.safetensors"
 

@@ -16,14 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tuneledger import git
-from tuneledger.errors import TuneLedgerError, broken_json
-from tuneledger.layout import EXPORT_DIR, MANIFEST_FILE, manifest_path_for
+from tuneledger.core import git
+from tuneledger.core.errors import TuneLedgerError, broken_json
+from tuneledger.core.layout import EXPORT_DIR, MANIFEST_FILE, manifest_path_for
+from tuneledger.core.params import load_params
 from tuneledger.package import comparison, weights
 from tuneledger.package.files import METADATA
 from tuneledger.package.manifest import Manifest
 from tuneledger.package.verify import verify
-from tuneledger.params import load_params
 from tuneledger.registry import artifacts, remote, tags
 from tuneledger.registry.artifacts import DEFAULT_NAME
 from tuneledger.registry.lock import registry_lock
@@ -62,7 +62,7 @@ def generate(
 ) -> str:
     """One answer of a verified package to a prompt, or to a conversation read from `messages`
     (a JSON file, or - for stdin), within its signature."""
-    from tuneledger.predict import Predictor
+    from tuneledger.inference.predict import Predictor
 
     if (prompt is None) == (messages is None):
         raise TuneLedgerError("generate: give a PROMPT or --messages FILE.json (one of them)")

@@ -14,9 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneledger import api
-from tuneledger.errors import friendly_errors
-from tuneledger.layout import EXPORT_DIR
-from tuneledger.progress import quiet_libraries
+from tuneledger.core.errors import friendly_errors
+from tuneledger.core.layout import EXPORT_DIR
+from tuneledger.core.progress import quiet_libraries
 from tuneledger.registry.artifacts import DEFAULT_NAME
 
 app = typer.Typer(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError, broken_json
-from tuneledger.hashing import canonical_json
+from tuneledger.core.errors import TuneLedgerError, broken_json
+from tuneledger.core.hashing import canonical_json
 
 # peft keeps these as sets and writes them in set order, which changes with PYTHONHASHSEED from
 # one process to the next; their order means nothing. (`layers_to_transform` is ordered: kept.)

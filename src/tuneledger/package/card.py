@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from tuneledger.secrets import redact, redact_data
+from tuneledger.core.secrets import redact, redact_data
 
 TAGS = ["tuneledger", "lora", "peft", "dvc"]
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneledger.layout import manifest_path_for
+from tuneledger.core.layout import manifest_path_for
 from tuneledger.package import manifest, metadata, weights
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA
 

@@ -27,7 +27,7 @@ def describe() -> dict:
 
     import torch
 
-    from tuneledger import kernels
+    from tuneledger.core import kernels
 
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneledger import modeling
-from tuneledger.errors import TuneLedgerError
-from tuneledger.git import git_process
-from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.git import git_process
+from tuneledger.core.hashing import tree_digest
+from tuneledger.core.layout import BASE_DIR, base_path_for, manifest_path_for
+from tuneledger.models import modeling
 from tuneledger.package import manifest, metadata, signature
 from tuneledger.package.files import ADAPTER_WEIGHTS, GENERATION_CONFIG, METADATA, SIGNATURE
 from tuneledger.package.safetensors_io import open_checked
@@ -132,7 +132,7 @@ def load_package(
     manifest's content id; a package trained on another base is refused."""
     from rich.markup import escape
 
-    from tuneledger.progress import say
+    from tuneledger.core.progress import say
 
     package = Path(path)
     manifest_file = Path(manifest) if manifest else manifest_path_for(package)
@@ -214,7 +214,7 @@ class SharedBase:
 def _eos_token_ids(checked: Path, tokenizer) -> list[int]:
     """The ids that end an answer: those the package's generation_config.json lists (a chat
     package's include its template's end-of-turn token), else the tokenizer's own."""
-    from tuneledger.chat import eos_token_ids
+    from tuneledger.models.chat import eos_token_ids
 
     config = checked / GENERATION_CONFIG
     if not config.is_file():

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from tuneledger.errors import TuneLedgerError, broken_json
-from tuneledger.hashing import canonical_json, sha256_bytes, sha256_files
+from tuneledger.core.errors import TuneLedgerError, broken_json
+from tuneledger.core.hashing import canonical_json, sha256_bytes, sha256_files
 from tuneledger.package.adapter_config import canonical, read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG, METADATA, PICKLE_SUFFIXES, SIGNATURE
 from tuneledger.package.safetensors_io import tensor_digest

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError, broken_json
-from tuneledger.secrets import redact_data
+from tuneledger.core.errors import TuneLedgerError, broken_json
+from tuneledger.core.secrets import redact_data
 
 SCHEMA_VERSION = 1
 

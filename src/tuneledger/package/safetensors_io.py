@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 
 
 @contextlib.contextmanager

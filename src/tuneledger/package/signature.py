@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError, broken_json
+from tuneledger.core.errors import TuneLedgerError, broken_json
 
 SCHEMA_VERSION = 1
 _TYPES = {"string": str, "integer": int, "number": (int, float)}

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import CHUNK, NotARegularFile, file_kind, sha256_file, sha256_files
-from tuneledger.layout import manifest_path_for
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.hashing import CHUNK, NotARegularFile, file_kind, sha256_file, sha256_files
+from tuneledger.core.layout import manifest_path_for
 from tuneledger.package import manifest
 from tuneledger.package.manifest import Manifest
 

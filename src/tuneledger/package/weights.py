@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 from tuneledger.package.adapter_config import read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from tuneledger.package.safetensors_io import open_checked

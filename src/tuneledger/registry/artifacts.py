@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import manifest_path_for
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import manifest_path_for
 
 DEFAULT_NAME = "lora-adapter"
 

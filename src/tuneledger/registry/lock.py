@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuneledger import git
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core import git
+from tuneledger.core.errors import TuneLedgerError
 
 
 @contextlib.contextmanager

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.params import RegistryParams
 from tuneledger.package import metadata, signature, weights
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, SIGNATURE
-from tuneledger.params import RegistryParams
 from tuneledger.registry.remote import missing_on_remote
 from tuneledger.registry.versions import Resolved, download_verified
 

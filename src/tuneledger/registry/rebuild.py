@@ -9,9 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneledger import git, kernels
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import manifest_path_for
+from tuneledger.core import git, kernels
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import manifest_path_for
 from tuneledger.package import manifest, metadata
 from tuneledger.package.files import METADATA
 from tuneledger.package.manifest import Manifest

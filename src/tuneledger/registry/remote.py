@@ -7,8 +7,8 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError, first_line
-from tuneledger.fsutil import own_bytes
+from tuneledger.core.errors import TuneLedgerError, first_line
+from tuneledger.core.fsutil import own_bytes
 
 
 def describe_remote(repo) -> str:

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.git import run_git
-from tuneledger.secrets import redact, redact_data
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.git import run_git
+from tuneledger.core.secrets import redact, redact_data
 
 FIRST_VERSION = "v1.0.0"
 INFO_PREFIX = "tuneledger: "

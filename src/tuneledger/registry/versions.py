@@ -12,15 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.git import git_process
-from tuneledger.hashing import tree_digest
-from tuneledger.layout import BASE_DIR, base_path_for, manifest_path_for
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.git import git_process
+from tuneledger.core.hashing import tree_digest
+from tuneledger.core.layout import BASE_DIR, base_path_for, manifest_path_for
+from tuneledger.core.publication import Publication, roll_forward
 from tuneledger.package import manifest, metadata
 from tuneledger.package.files import METADATA
 from tuneledger.package.manifest import Manifest
 from tuneledger.package.verify import VerificationFailed, find_problems
-from tuneledger.publication import Publication, roll_forward
 from tuneledger.registry import remote, tags
 
 

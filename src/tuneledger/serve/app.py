@@ -20,8 +20,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import JSONResponse
 
-from tuneledger.progress import say
-from tuneledger.secrets import register_secret
+from tuneledger.core.progress import say
+from tuneledger.core.secrets import register_secret
 from tuneledger.serve import log
 from tuneledger.serve.config import ServeConfig
 from tuneledger.serve.errors import RequestRefused, render

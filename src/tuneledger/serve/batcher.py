@@ -3,7 +3,7 @@ versions (peft's mixed-adapter batches), and adapters go on and off the model be
 
 One thread owns the model, so a batch never meets an adapter half loaded or unloaded, and the
 event loop (and /health) never waits behind the model. Each row keeps its own limits, sampling,
-random generator, stop strings, deadline and cancellation (tuneledger.generation.decode); a row
+random generator, stop strings, deadline and cancellation (tuneledger.inference.generation.decode); a row
 that ends is answered at once and leaves the batch, and queued requests join the running batch
 between its steps (continuous batching).
 """
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tuneledger.generation import Decoded, Row, decode
+from tuneledger.inference.generation import Decoded, Row, decode
 from tuneledger.serve.residents import Resident, ResidentVersions
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneledger.params import RegistryParams
+from tuneledger.core.params import RegistryParams
 from tuneledger.registry.promotion_gate import Check
 from tuneledger.serve import log, log_reports
 

@@ -7,8 +7,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import SERVE_CACHE
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import SERVE_CACHE
 from tuneledger.registry.artifacts import DEFAULT_NAME
 from tuneledger.serve import log
 

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import SERVE_CACHE, base_path_for
-from tuneledger.predict import Predictor
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import SERVE_CACHE, base_path_for
+from tuneledger.inference.predict import Predictor
 from tuneledger.registry.versions import Resolved, publish_verified, resolve
 
 

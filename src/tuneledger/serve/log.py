@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import first_line
-from tuneledger.secrets import redact
+from tuneledger.core.errors import first_line
+from tuneledger.core.secrets import redact
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 from tuneledger.serve import log
 from tuneledger.serve.log import LATENCY_SAMPLE
 

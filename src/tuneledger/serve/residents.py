@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import base_path_for
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import base_path_for
+from tuneledger.inference.predict import Predictor
 from tuneledger.package import metadata
 from tuneledger.package.files import METADATA
 from tuneledger.package.loader import SharedBase, load_package
-from tuneledger.predict import Predictor
 from tuneledger.registry.versions import Resolved, publish_verified
 from tuneledger.serve.deployment import DeployFailed, Deployment, reusable_fetch
 

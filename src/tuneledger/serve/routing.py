@@ -17,7 +17,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 from tuneledger.registry import tags
 from tuneledger.registry.versions import Resolved, resolve_at
 

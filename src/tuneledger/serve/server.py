@@ -22,11 +22,11 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from tuneledger import git
-from tuneledger.faults import FAULT_VARIABLE
-from tuneledger.generation import Decoded, Interrupt, Interrupted
+from tuneledger.core import git
+from tuneledger.core.faults import FAULT_VARIABLE
+from tuneledger.inference.generation import Decoded, Interrupt, Interrupted
+from tuneledger.inference.predict import Completion, Query, completion_of
 from tuneledger.package.loader import ForeignBase
-from tuneledger.predict import Completion, Query, completion_of
 from tuneledger.registry import tags
 from tuneledger.serve import log, routing
 from tuneledger.serve.batcher import Batcher, Job

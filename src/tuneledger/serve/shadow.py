@@ -82,7 +82,7 @@ def _worker(name: str, stage: str, cache: str, log_prompts: bool, jobs, results,
     os.nice(19)
     import torch
 
-    from tuneledger.progress import quiet_libraries
+    from tuneledger.core.progress import quiet_libraries
 
     quiet_libraries()
     torch.set_num_threads(1)

@@ -10,11 +10,11 @@ import gc
 from collections.abc import Callable
 from typing import Any
 
-from tuneledger.errors import friendly_errors
-from tuneledger.kernels import use_portable_cpu_kernels
-from tuneledger.modeling import skip_bitsandbytes_unless
-from tuneledger.params import Params, load_params
-from tuneledger.progress import quiet_libraries
+from tuneledger.core.errors import friendly_errors
+from tuneledger.core.kernels import use_portable_cpu_kernels
+from tuneledger.core.params import Params, load_params
+from tuneledger.core.progress import quiet_libraries
+from tuneledger.models.modeling import skip_bitsandbytes_unless
 
 # Before any stage imports torch: the same commit trains the same bytes on any x86-64 machine.
 use_portable_cpu_kernels()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from tuneledger import data, evaluation, modeling
-from tuneledger.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, PREPARED_DIR
-from tuneledger.params import Params
-from tuneledger.progress import say
-from tuneledger.publication import Publication
+from tuneledger.core.layout import ADAPTER_DIR, BASE_DIR, EVAL_RESULTS, PREPARED_DIR
+from tuneledger.core.params import Params
+from tuneledger.core.progress import say
+from tuneledger.core.publication import Publication
+from tuneledger.inference import evaluation
+from tuneledger.models import data, modeling
 from tuneledger.stages import stage_entry
 
 METRICS = ("loss", "perplexity", "exact_match")

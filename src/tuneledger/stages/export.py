@@ -10,9 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
-from tuneledger import base_model, data, git, kernels, modeling
-from tuneledger.hashing import sha256_file, tree_digest
-from tuneledger.layout import (
+from tuneledger.core import git, kernels
+from tuneledger.core.hashing import sha256_file, tree_digest
+from tuneledger.core.layout import (
     ADAPTER_DIR,
     BASE_DIR,
     EVAL_RESULTS,
@@ -21,13 +21,14 @@ from tuneledger.layout import (
     PREPARED_DIR,
     TRAIN_SUMMARY,
 )
+from tuneledger.core.params import Params
+from tuneledger.core.progress import say
+from tuneledger.core.publication import StageOutputs
+from tuneledger.models import base_model, data, modeling
 from tuneledger.package import card, environment, manifest, metadata, signature
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GENERATION_CONFIG, METADATA, SIGNATURE
 from tuneledger.package.safetensors_io import rewrite_metadata
 from tuneledger.package.weights import describe_adapter
-from tuneledger.params import Params
-from tuneledger.progress import say
-from tuneledger.publication import StageOutputs
 from tuneledger.stages import stage_entry
 
 

@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import TRAIN_SUMMARY
-from tuneledger.params import Params
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import TRAIN_SUMMARY
+from tuneledger.core.params import Params
 
 LAUNCH_ID = "TUNELEDGER_LAUNCH_ID"  # set for the launched processes; absent when DVC starts the stage
 STAGE_MODULE = "tuneledger.stages.train"

@@ -7,16 +7,15 @@ and the adapter.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
 from typing import TYPE_CHECKING
 
-from tuneledger import chat, checkpoints, data, kernels, modeling
-from tuneledger.errors import TuneLedgerError, first_line
-from tuneledger.hashing import canonical_json, sha256_bytes, tree_digest
-from tuneledger.layout import (
+from tuneledger.core import kernels
+from tuneledger.core.errors import TuneLedgerError, first_line
+from tuneledger.core.hashing import canonical_json, sha256_bytes, tree_digest
+from tuneledger.core.layout import (
     ADAPTER_DIR,
     BASE_DIR,
     CHECKPOINTS_DIR,
@@ -24,12 +23,13 @@ from tuneledger.layout import (
     TRAIN_RESULTS,
     TRAIN_SUMMARY,
 )
+from tuneledger.core.params import Params, check_names_transformers_resolves
+from tuneledger.core.progress import say
+from tuneledger.core.publication import StageOutputs, staged_path
+from tuneledger.models import chat, checkpoints, data, modeling
 from tuneledger.package import environment
 from tuneledger.package.adapter_config import canonical, read_adapter_config
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_FILES, GENERATION_CONFIG
-from tuneledger.params import Params
-from tuneledger.progress import say
-from tuneledger.publication import StageOutputs, staged_path
 from tuneledger.stages import launcher, stage_entry
 
 if TYPE_CHECKING:  # for annotations: the functions below import these libraries where they use them
@@ -50,14 +50,16 @@ def train_or_launch(params: Params) -> None:
 
 def run(params: Params) -> dict:
     """Fine-tune, resuming from a checkpoint of the same configuration; return the training summary."""
-    check_train_params(params)  # before stale checkpoints are removed: a refused run changes nothing
+    # Everything is checked before stale checkpoints are removed: a refused run changes nothing.
+    check_names_transformers_resolves(params.train)
+    train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
+    chat.check_template_for_data(modeling.load_tokenizer(BASE_DIR), data.is_conversational(train_rows))
     primary = is_main_process()
     config = config_id(params)
     resume = _resumable_checkpoint(config, primary)
     if world_size() == 1:
         kernels.pin_cpu_threads(params.train.cpu_threads)
 
-    train_rows, val_rows = data.read_split(PREPARED_DIR, "train"), data.read_split(PREPARED_DIR, "val")
     trainer = build_trainer(params, train_rows, val_rows)
     # Staging starts only once the model has loaded: a bad base or target fails before it.
     outputs = (
@@ -93,24 +95,6 @@ def run(params: Params) -> dict:
     if primary:
         _publish(adapter, trainer.processing_class, live, summary, outputs)
     return summary
-
-
-def check_train_params(params: Params) -> None:
-    """Names that transformers resolves late, checked before any work: trackers, scheduler, optimizer."""
-    from transformers.trainer_utils import SchedulerType
-    from transformers.training_args import OptimizerNames
-
-    missing = [name for name in params.train.report_to if importlib.util.find_spec(name) is None]
-    if missing:
-        raise TuneLedgerError(
-            f"params.yaml: train.report_to: {', '.join(missing)} not installed; "
-            f"`pip install {' '.join(missing)}` or remove it (dvclive always logs)"
-        )
-    for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
-        value = getattr(params.train, key)
-        if value not in {member.value for member in names}:
-            known = ", ".join(member.value for member in names)
-            raise TuneLedgerError(f"params.yaml: train.{key}: unknown {value!r}; transformers knows {known}")
 
 
 def is_main_process() -> bool:
@@ -304,7 +288,7 @@ def _live(outputs: StageOutputs) -> Live:
 
 
 def _callbacks(config: str, live: Live | None) -> list[TrainerCallback]:
-    from tuneledger.callbacks import LogToDvcLive, SealCheckpoints, ShowProgress
+    from tuneledger.models.callbacks import LogToDvcLive, SealCheckpoints, ShowProgress
 
     callbacks: list[TrainerCallback] = [SealCheckpoints(config), ShowProgress()]
     return callbacks + [LogToDvcLive(live)] if live else callbacks

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from tuneledger.inference.predict import Completion, Query
 from tuneledger.package.signature import SignatureViolation
-from tuneledger.predict import Completion, Query
 from tuneledger.serve import log
 from tuneledger.serve.errors import RequestRefused, from_signature, render
 from tuneledger.serve.openai import protocol

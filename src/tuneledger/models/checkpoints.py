@@ -13,8 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
-from tuneledger.fsutil import write_text_atomic
-from tuneledger.hashing import sha256_files
+from tuneledger.core.fsutil import write_text_atomic
+from tuneledger.core.hashing import sha256_files
 
 SEAL = "tuneledger-seal.json"
 _STEP = re.compile(r"^checkpoint-(\d+)$")

@@ -8,32 +8,34 @@ import random
 import shutil
 from pathlib import Path
 
-from tuneledger import chat, tasks
-from tuneledger.errors import TuneLedgerError, first_line
-from tuneledger.hashing import sha256_bytes
+from tuneledger.core.errors import TuneLedgerError, first_line
+from tuneledger.core.hashing import sha256_bytes
+from tuneledger.models import chat, tasks
 from tuneledger.package.files import PICKLE_SUFFIXES
-from tuneledger.params import ModelParams
 
 SOURCE_FILE = "tuneledger-source.json"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
 BUILTINS = ("tiny-gpt2",)
+# A built-in base stands for a pretrained model: the fine-tune's `seed` does not change it, so a
+# seed experiment reuses the pinned base instead of pre-training it again.
+BUILTIN_SEED = 42
 
 
-def snapshot(model: ModelParams, out: Path, seed: int, conversational: bool = False) -> dict:
-    """Write the base model named by `model` into `out`, with the run's chat template; return its record."""
-    if model.base.startswith("builtin:"):
-        name = model.base.removeprefix("builtin:")
+def snapshot(base: str, revision: str | None, chat_template: str | None, out: Path) -> dict:
+    """Write the base model named by `model.base` (at `model.revision`) into `out`, with the chat
+    template `model.chat_template` names; return its record. Only these three keys decide the base."""
+    if base.startswith("builtin:"):
+        name = base.removeprefix("builtin:")
         if name not in BUILTINS:
-            raise TuneLedgerError(f"model.base: unknown built-in {model.base!r}; known: builtin:tiny-gpt2")
-        build_tiny_gpt2(out, seed)
-        record = {"id": model.base, "revision": None, "kind": "builtin"}
-    elif Path(model.base).is_dir():
-        _copy_weights_dir(Path(model.base), out, model.base)
-        record = {"id": model.base, "revision": model.revision, "kind": "local"}
+            raise TuneLedgerError(f"model.base: unknown built-in {base!r}; known: builtin:tiny-gpt2")
+        build_tiny_gpt2(out, BUILTIN_SEED)
+        record = {"id": base, "revision": None, "kind": "builtin"}
+    elif Path(base).is_dir():
+        _copy_weights_dir(Path(base), out, base)
+        record = {"id": base, "revision": revision, "kind": "local"}
     else:
-        revision = _download_from_hub(model, out)
-        record = {"id": model.base, "revision": revision, "kind": "hub"}
-    record["chat_template"] = chat.install(out, model.chat_template, conversational)
+        record = {"id": base, "revision": _download_from_hub(base, revision, out), "kind": "hub"}
+    record["chat_template"] = chat.install(out, chat_template)
     (out / SOURCE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
@@ -47,7 +49,7 @@ def write_build_record(source: dict, base_dir: Path, record: Path) -> None:
     if built:
         from safetensors.numpy import load_file
 
-        from tuneledger import kernels
+        from tuneledger.core import kernels
 
         tensors = load_file(base_dir / "model.safetensors")
         content["built_on"] = kernels.describe()
@@ -95,20 +97,20 @@ def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def _download_from_hub(model: ModelParams, out: Path) -> str:
+def _download_from_hub(base: str, revision: str | None, out: Path) -> str:
     """Download `model.base` at `model.revision` through the Hugging Face cache; return the commit."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     try:
-        folder = snapshot_download(repo_id=model.base, revision=model.revision, allow_patterns=HUB_PATTERNS)
+        folder = snapshot_download(repo_id=base, revision=revision, allow_patterns=HUB_PATTERNS)
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         reason = first_line(exc)
         raise TuneLedgerError(
-            f"model.base: base model {model.base!r} not found: not a local directory, and the hub "
+            f"model.base: base model {base!r} not found: not a local directory, and the hub "
             f"could not provide it ({reason}); check the id, model.revision, network or HF_HUB_OFFLINE"
         ) from None
-    _copy_weights_dir(Path(folder), out, model.base, link=True)  # one copy on disk: the hub cache's
+    _copy_weights_dir(Path(folder), out, base, link=True)  # one copy on disk: the hub cache's
     return Path(folder).name  # snapshots/<commit>: the exact revision that was resolved
 
 
@@ -166,8 +168,8 @@ def build_tiny_gpt2(out: Path, seed: int) -> None:
         set_seed,
     )
 
-    from tuneledger.kernels import pin_cpu_threads
-    from tuneledger.progress import progress_bar
+    from tuneledger.core.kernels import pin_cpu_threads
+    from tuneledger.core.progress import progress_bar
 
     pin_cpu_threads(BUILD_THREADS)
     task, prose, chats = _pretraining_text(seed)

@@ -1,7 +1,7 @@
 """Answering requests with a verified package, within the bounds of its signature.
 
 `Predictor.query` / `Predictor.chat_query` check a request against signature.json and render it;
-`Predictor.row` turns the checked query into a row for tuneledger.generation.decode, the one
+`Predictor.row` turns the checked query into a row for tuneledger.inference.generation.decode, the one
 decoding path of evaluation, the CLI, the server's batches and the shadow.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneledger.generation import Decoded, Interrupt, Interrupted, Row, decode, sampling_options
+from tuneledger.inference.generation import Decoded, Interrupt, Interrupted, Row, decode, sampling_options
 from tuneledger.package import signature
 from tuneledger.package.loader import load_package
 from tuneledger.package.signature import SignatureViolation
@@ -84,7 +84,7 @@ class Predictor:
             raise SignatureViolation(
                 "messages", "this version has no chat template; send a plain `prompt` instead"
             )
-        from tuneledger.chat import encode_prompt, render_prompt
+        from tuneledger.models.chat import encode_prompt, render_prompt
 
         signature.check_messages(self.signature, messages)
         resolved = signature.check_params(self.signature, params)

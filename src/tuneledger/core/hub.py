@@ -10,8 +10,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError, first_line
-from tuneledger.params import DataParams
+from tuneledger.core.errors import TuneLedgerError, first_line
+from tuneledger.core.params import DataParams
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 

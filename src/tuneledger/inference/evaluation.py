@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from tuneledger import chat
-from tuneledger.generation import answer
-from tuneledger.progress import progress_bar
+from tuneledger.core.progress import progress_bar
+from tuneledger.inference.generation import answer
+from tuneledger.models import chat
 
 
 def _conversation_ids(tokenizer, row: dict) -> tuple[list[int], int]:

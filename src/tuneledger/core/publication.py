@@ -18,9 +18,9 @@ import os
 import shutil
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.faults import fault_point
-from tuneledger.fsutil import DISK_FULL, disk_space_errors, write_text_atomic
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.faults import fault_point
+from tuneledger.core.fsutil import DISK_FULL, disk_space_errors, write_text_atomic
 
 NEW = ".tuneledger-new"
 OLD = ".tuneledger-old"

@@ -6,8 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.layout import MANIFEST_FILE, RESULTS_DIR
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.layout import MANIFEST_FILE, RESULTS_DIR
 
 # Files a pipeline run rewrites by itself; they do not make the *code* dirty.
 PIPELINE_OUTPUTS = ("dvc.lock", MANIFEST_FILE.as_posix(), RESULTS_DIR.as_posix())

@@ -49,7 +49,7 @@ def report_and_exit(exc: BaseException) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    from tuneledger.secrets import redact
+    from tuneledger.core.secrets import redact
 
     message = redact(message)  # error text quotes paths, URLs and arguments, credentials included
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}")

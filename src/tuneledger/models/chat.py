@@ -1,7 +1,7 @@
 """Chat templates: which one a run uses, how a conversation becomes a prompt, where a turn ends.
 
 The template is the base's own (`chat_template.jinja` or the tokenizer config's entry), a built-in
-from `tuneledger/chat_templates/`, or a `.jinja` file under `configs/chat_templates/` (a dep of the
+from `tuneledger/models/chat_templates/`, or a `.jinja` file under `configs/chat_templates/` (a dep of the
 prepare stage, so editing it re-runs the pipeline). `prepare` writes the chosen one into the base
 snapshot as `chat_template.jinja`, which transformers prefers over any other, so training,
 evaluation, the package and serving all render conversations with the same bytes.
@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tuneledger.errors import TuneLedgerError
-from tuneledger.hashing import sha256_bytes
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.hashing import sha256_bytes
 
 TEMPLATE_FILE = "chat_template.jinja"
 BUILTIN_DIR = Path(__file__).parent / "chat_templates"
@@ -51,9 +51,9 @@ def base_template(tokenizer) -> str | None:
     return template or None
 
 
-def install(base_dir: Path, setting: str | None, conversational: bool) -> dict | None:
+def install(base_dir: Path, setting: str | None) -> dict | None:
     """Put the run's template into the base snapshot; return its record for metadata (None: no template)."""
-    from tuneledger.modeling import load_tokenizer
+    from tuneledger.models.modeling import load_tokenizer
 
     if setting is not None:
         text, source = read_setting(setting)
@@ -61,15 +61,19 @@ def install(base_dir: Path, setting: str | None, conversational: bool) -> dict |
     else:
         text, source = base_template(load_tokenizer(base_dir)), "base"
     if text is None:
-        if conversational:
-            raise TuneLedgerError(
-                "model.chat_template: the base model has no chat template and the data is conversational; "
-                f"set model.chat_template to a built-in ({', '.join(builtin_names())}) or a .jinja file"
-            )
         return None
     record = {"source": source, "sha256": sha256_bytes(text.encode("utf-8"))}
     record["end_of_turn"] = end_of_turn_token(load_tokenizer(base_dir))
     return record
+
+
+def check_template_for_data(tokenizer, conversational: bool) -> None:
+    """Conversations are rendered through a chat template: refuse a base that has none."""
+    if conversational and base_template(tokenizer) is None:
+        raise TuneLedgerError(
+            "model.chat_template: the base model has no chat template and the data is conversational; "
+            f"set model.chat_template to a built-in ({', '.join(builtin_names())}) or a .jinja file"
+        )
 
 
 def end_of_turn_token(tokenizer) -> str:

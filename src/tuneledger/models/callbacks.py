@@ -9,9 +9,9 @@ from dvclive import Live
 from torch import distributed
 from transformers import TrainerCallback
 
-from tuneledger import checkpoints
-from tuneledger.faults import fault_point
-from tuneledger.progress import progress_bar
+from tuneledger.core.faults import fault_point
+from tuneledger.core.progress import progress_bar
+from tuneledger.models import checkpoints
 
 # Wall-clock measures differ on every run: logging them would make each reproduction change the
 # tracked plots and lead `dvc metrics diff` / `dvc exp show` with noise. summary.json keeps runtime.
@@ -19,7 +19,7 @@ TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second")
 
 
 class SealCheckpoints(TrainerCallback):
-    """Seal each checkpoint once the trainer has finished writing it (see tuneledger.checkpoints)."""
+    """Seal each checkpoint once the trainer has finished writing it (see tuneledger.models.checkpoints)."""
 
     def __init__(self, config: str):
         self.config = config

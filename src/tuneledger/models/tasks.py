@@ -12,7 +12,7 @@ import functools
 import random
 from collections.abc import Callable
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 
 WORDS = (
     "red blue green black white gold pink gray cat dog owl fox bee ant cow pig "

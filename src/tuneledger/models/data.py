@@ -8,9 +8,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tuneledger import chat, hub, tasks
-from tuneledger.errors import TuneLedgerError
-from tuneledger.params import DataParams
+from tuneledger.core import hub
+from tuneledger.core.errors import TuneLedgerError
+from tuneledger.core.params import DataParams
+from tuneledger.models import chat, tasks
 
 SPLITS = ("train", "val", "test")
 Row = dict[str, Any]  # one of trl's dataset formats (see FIELDS)

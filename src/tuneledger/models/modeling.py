@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 
 # Copied byte for byte into packages: re-saving a tokenizer writes runtime state (offline mode,
 # padding side), which would make identical exports differ.

@@ -1,6 +1,6 @@
 """A local S3 endpoint (moto's server) on 127.0.0.1, to try the remote flow without a cloud account.
 
-`make s3-local` runs `python -m tuneledger.s3local` in the background and points the `storage`
+`make s3-local` runs `python -m tuneledger.core.s3local` in the background and points the `storage`
 remote at it through .dvc/config.local; the tests start the same server in-process.
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 
-from tuneledger.errors import TuneLedgerError, friendly_errors
+from tuneledger.core.errors import TuneLedgerError, friendly_errors
 
 HOST = "127.0.0.1"  # loopback only: the endpoint accepts any credentials
 BUCKET = "tuneledger-local"

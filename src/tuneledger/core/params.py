@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from tuneledger.errors import TuneLedgerError
+from tuneledger.core.errors import TuneLedgerError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -24,7 +24,7 @@ class _Group(BaseModel):
 class ModelParams(_Group):
     base: Annotated[str, Field(min_length=1)] = "builtin:tiny-gpt2"
     revision: str | None = None
-    # null: the base's own template; a built-in name (tuneledger/chat_templates/); or a .jinja file
+    # null: the base's own template; a built-in name (tuneledger/models/chat_templates/); or a .jinja file
     # under configs/chat_templates/, which the prepare stage depends on.
     chat_template: Annotated[str, Field(min_length=1)] | None = None
     # auto: bfloat16 on a GPU that supports it, else float32 (CPU kernels in bf16 are slow and inexact).
@@ -125,6 +125,28 @@ class TrainParams(_Group):
     optim: Annotated[str, Field(min_length=1)] = "adamw_torch_fused"  # a transformers OptimizerNames
     # Trackers beside dvclive (always on); each must be installed by the user.
     report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = []
+
+
+def check_names_transformers_resolves(train: TrainParams) -> None:
+    """The train keys whose valid values only transformers knows (scheduler, optimizer) and the
+    trackers that must be installed. Called by the train stage before any work, not by
+    `load_params`: the import costs seconds that every other command would pay."""
+    import importlib.util
+
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    missing = [name for name in train.report_to if importlib.util.find_spec(name) is None]
+    if missing:
+        raise TuneLedgerError(
+            f"params.yaml: train.report_to: {', '.join(missing)} not installed; "
+            f"`pip install {' '.join(missing)}` or remove it (dvclive always logs)"
+        )
+    for key, names in (("lr_scheduler", SchedulerType), ("optim", OptimizerNames)):
+        value = getattr(train, key)
+        if value not in {member.value for member in names}:
+            known = ", ".join(member.value for member in names)
+            raise TuneLedgerError(f"params.yaml: train.{key}: unknown {value!r}; transformers knows {known}")
 
 
 class EvalParams(_Group):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tuneledger import chat
+from tuneledger.models import chat
 
 Prompt = str | list[dict[str, str]]  # plain text, or a conversation rendered with the chat template
 

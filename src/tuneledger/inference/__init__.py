@@ -1,0 +1,1 @@
+"""Inference: the one decoding path, a loaded version answering prompts, and evaluation."""
