@@ -24,6 +24,7 @@ LAYERS = (
     ("registry", "registry"),
     ("serving", "serve"),
     ("the API under the CLI", "api"),
+    ("the page", "ui"),
     ("command line", "cli"),
 )
 PUBLIC_ROOT = "tuneledger"  # its `load()` is the models layer's loader, under the package's own name
@@ -85,5 +86,6 @@ def test_no_module_imports_a_layer_above_its_own(module):
 def test_the_command_line_reaches_the_product_through_the_api_alone():
     foundation = {module for module in modules() if module != PUBLIC_ROOT and layer_of(module) == 0}
     beyond = imports("tuneledger.cli") - foundation
-    # registry.artifacts: only the default artifact name that the options show
-    assert beyond == {"tuneledger.api", "tuneledger.registry.artifacts"}
+    # registry.artifacts: only the default artifact name that the options show; ui: the page's
+    # entry, a client of the API like the command line
+    assert beyond == {"tuneledger.api", "tuneledger.registry.artifacts", "tuneledger.ui"}

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneledger import api
+from tuneledger import api, ui
 from tuneledger.core.errors import friendly_errors
 from tuneledger.core.layout import EXPORT_DIR
 from tuneledger.core.progress import quiet_libraries
@@ -480,6 +480,36 @@ def serve(
         log_queue=log_queue,
         log_retention_days=log_retention_days,
         log_max_mb=log_max_mb,
+    )
+
+
+PAGE_DEFAULTS = ui.PageConfig()
+
+
+@command("ui")
+def registry_page(
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; another than loopback needs a key or --insecure.")
+    ] = PAGE_DEFAULTS.host,
+    port: Annotated[int, typer.Option(help="Port of the page.")] = PAGE_DEFAULTS.port,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TUNELEDGER_API_KEY",
+            show_envvar=True,
+            help="Show promote and roll back, and require this key on each of them (read-only without).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback --host without an API key.")
+    ] = False,
+    name: NameOption = DEFAULT_NAME,
+    db: Annotated[Path, typer.Option(help="Serving log charted under Serving.")] = PAGE_DEFAULTS.db,
+) -> None:
+    """A local page of the registry: versions, one version, compare, history, serving. Read-only
+    unless started with an API key; offline."""
+    ui.serve(
+        ui.PageConfig(name=name, host=host, port=port, api_key=api_key or None, insecure=insecure, db=db)
     )
 
 

@@ -206,3 +206,77 @@ def serving_events(path: Path) -> list[dict[str, Any]]:
         }
         for t, event, role, name, stage, version, content_id in rows
     ]
+
+
+def serving_series(path: Path, since: float | None = None, buckets: int = 60) -> dict[str, Any]:
+    """Shadow agreement and the canary arms over time, in at most `buckets` equal spans of whole
+    minutes (the registry page charts them). The sums come from the tables the reports read (the
+    shadow rollup; requests by arm), so the buckets add up to `shadow-report` and `canary-report`."""
+    with read_only(path) as db:
+        return {
+            "db": str(path),
+            "shadow": _shadow_series(db, since, buckets),
+            "canary": _canary_series(db, since, buckets),
+        }
+
+
+def _span(first: float | None, last: float | None, buckets: int) -> int:
+    """Seconds per bucket: whole minutes, so that shadow buckets align with the per-minute rollup."""
+    if first is None or last is None:
+        return 60
+    return 60 * max(1, -(-int(last - first + 60) // (60 * buckets)))
+
+
+def _shadow_series(db: sqlite3.Connection, since: float | None, buckets: int) -> list[dict[str, Any]]:
+    where, args = _filter(None, "minute", int(since // 60) if since is not None else None)
+    first, last = db.execute(
+        f"SELECT MIN(minute) * 60, MAX(minute) * 60 FROM shadow_rollup {where}", args
+    ).fetchone()
+    width = _span(first, last, buckets)
+    rows = db.execute(
+        "SELECT CAST((minute * 60 - ?) / ? AS INTEGER), TOTAL(pairs), TOTAL(errors), "
+        f"TOTAL(exact_agreements), TOTAL(token_agreement_sum), TOTAL(drops) FROM shadow_rollup {where} "
+        "GROUP BY 1 ORDER BY 1",
+        [first or 0, width, *args],
+    )
+    return [
+        {
+            "time": datetime.fromtimestamp((first or 0) + bucket * width, UTC).isoformat(timespec="seconds"),
+            "seconds": width,
+            "pairs": int(pairs),
+            "errors": int(errors),
+            "drops": int(drops),
+            "exact_agreement": exact / pairs if pairs else None,
+            "token_agreement": token / pairs if pairs else None,
+        }
+        for bucket, pairs, errors, exact, token, drops in rows
+    ]
+
+
+def _canary_series(db: sqlite3.Connection, since: float | None, buckets: int) -> list[dict[str, Any]]:
+    conditions, args = ["arm IN ('stable', 'canary')"], []  # requests the canary split, through its index
+    if since is not None:
+        conditions.append("time >= ?")
+        args.append(since)
+    where = " AND ".join(conditions)
+    first, last = db.execute(f"SELECT MIN(time), MAX(time) FROM requests WHERE {where}", args).fetchone()
+    start = (first // 60) * 60 if first is not None else 0
+    width = _span(first, last, buckets)
+    rows = db.execute(
+        f"SELECT CAST((time - ?) / ? AS INTEGER), arm, COUNT(*), TOTAL(status >= 500), "
+        "AVG(CASE WHEN status = 200 THEN latency_ms END) "
+        f"FROM requests WHERE {where} GROUP BY 1, 2 ORDER BY 1, 2",
+        [start, width, *args],
+    )
+    return [
+        {
+            "time": datetime.fromtimestamp(start + bucket * width, UTC).isoformat(timespec="seconds"),
+            "seconds": width,
+            "arm": arm,
+            "requests": requests,
+            "errors": int(errors),
+            "error_rate": errors / requests if requests else None,
+            "mean_latency_ms": latency,
+        }
+        for bucket, arm, requests, errors, latency in rows
+    ]
