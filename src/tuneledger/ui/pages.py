@@ -60,7 +60,14 @@ def param(value: Any) -> str:
     return str(value)
 
 
-templates.filters.update(number=number, moment=moment, param=param, short=lambda v, n=12: (v or "—")[:n])
+def person(value: str | None) -> str:
+    """`Name <email>` as the name alone (the page shows the whole in a tooltip)."""
+    return (value or "—").split(" <")[0]
+
+
+templates.filters.update(
+    number=number, moment=moment, param=param, person=person, short=lambda v, n=12: (v or "—")[:n]
+)
 
 
 def render(name: str, config: PageConfig, status: int = 200, **context: Any) -> HTMLResponse:

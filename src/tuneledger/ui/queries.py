@@ -322,7 +322,7 @@ def comparison(name: str, a: str, b: str) -> dict[str, Any]:
 
 
 def metric_differences(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each numeric `metrics.*` key of a diff: both values and b − a."""
+    """Each numeric `metrics.*` key of a diff: both values and b − a, the tuned model's first."""
     found = []
     for key in result["keys"]:
         left, right = result["a"].get(key), result["b"].get(key)
@@ -331,13 +331,14 @@ def metric_differences(result: dict[str, Any]) -> list[dict[str, Any]]:
             found.append(
                 {
                     "key": key,
+                    "label": key.removeprefix("metrics.").replace(".", " ").replace("_", " "),
                     "a": left,
                     "b": right,
                     "delta": right - left,
                     "lower_is_better": LOWER_IS_BETTER.get(metric),
                 }
             )
-    return found
+    return sorted(found, key=lambda m: not m["key"].startswith("metrics.tuned."))
 
 
 def _number(value: Any) -> bool:
