@@ -105,7 +105,7 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     all_keys: Annotated[bool, typer.Option("--all", help="Show equal values too.")] = False,
 ) -> None:
-    """Compare two versions: params, LoRA shape read from the weights, metrics, content ids."""
+    """Compare two versions: params, LoRA shape read from the weights, metrics, benchmarks, content ids."""
     result = api.diff(a, b)
     if as_json:
         _print_json(result)
@@ -113,7 +113,9 @@ def diff(
     table = Table(title=f"{a}  vs  {b}")
     for column in ("", a, b):
         table.add_column(column, overflow="fold")
-    headline = [k for k in result["keys"] if k.startswith(("content_id", "adapter.", "metrics."))]
+    headline = [
+        k for k in result["keys"] if k.startswith(("content_id", "adapter.", "metrics.", "benchmarks."))
+    ]
     shown = result["keys"] if all_keys else list(dict.fromkeys([*headline, *result["differing"]]))
     for key in shown:
         mark = "[bold yellow]≠[/] " if key in result["differing"] else "  "

@@ -12,6 +12,9 @@ BASE_RECORD = RESULTS_DIR / "base" / "build.json"  # in git: which CPU built the
 TRAIN_RESULTS = RESULTS_DIR / "train"
 TRAIN_SUMMARY = TRAIN_RESULTS / "summary.json"  # facts of the training run, in git
 EVAL_RESULTS = RESULTS_DIR / "evaluate"
+BENCHMARKS_FILE = EVAL_RESULTS / "benchmarks.json"  # in git: lm-eval scores of base and tuned, per task
+BENCHMARK_METRICS = RESULTS_DIR / "benchmark" / "metrics.json"  # their numbers, for `dvc metrics`
+EVAL_TASKS_DIR = Path("configs/eval_tasks")  # local lm-eval task YAML files
 SERVE_CACHE = Path(".tuneledger/serve/versions")  # versions `serve` fetched, verified, kept for reuse
 
 

@@ -149,10 +149,29 @@ def check_names_transformers_resolves(train: TrainParams) -> None:
             raise TuneLedgerError(f"params.yaml: train.{key}: unknown {value!r}; transformers knows {known}")
 
 
+class BenchmarkParams(_Group):
+    # An lm-eval task: a name in lm-eval's registry (hellaswag, arc_easy, ...) or the `task:` of a
+    # YAML file under configs/eval_tasks/.
+    task: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=200)]
+    limit: Annotated[int, Field(ge=1)] | None = None  # score at most this many documents (null: all)
+    num_fewshot: Annotated[int, Field(ge=0, le=64)] = 0
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+
+
 class EvalParams(_Group):
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 8
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     max_examples: Annotated[int, Field(ge=1)] | None = None
+    # Scored on the base and the tuned model by the `benchmark` stage; an empty list skips its work.
+    benchmarks: list[BenchmarkParams] = []
+
+    @model_validator(mode="after")
+    def _each_task_once(self) -> EvalParams:
+        names = [benchmark.task for benchmark in self.benchmarks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"benchmarks: task {', '.join(repeated)} listed twice; list each task once")
+        return self
 
 
 class ExportParams(_Group):
@@ -171,6 +190,8 @@ class RegistryParams(_Group):
     canary_min_requests: Annotated[int, Field(ge=1)] = 50
     canary_max_error_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     canary_max_latency_increase: Annotated[float, Field(ge=0.0, le=100.0)] = 0.25
+    # A version may score at most this much below its own base on each benchmark (absolute).
+    max_forgetting: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
 
 
 class Params(_Group):

@@ -28,6 +28,18 @@ def card_data(meta: dict) -> ModelCardData:
         for key, value in meta["metrics"].get("tuned", {}).items()
         if value is not None
     ]
+    results += [
+        EvalResult(
+            task_type="text-generation",
+            task_name=task,
+            dataset_type=task,
+            dataset_name=f"{task} (lm-eval, {record['num_fewshot']}-shot)",
+            metric_type=record["metric"],
+            metric_name=f"{record['metric']} (tuned)",
+            metric_value=record["tuned"],
+        )
+        for task, record in (meta.get("benchmarks") or {}).items()
+    ]
     return ModelCardData(
         base_model=base["id"] if base.get("kind") == "hub" else None,
         library_name="peft",
@@ -47,6 +59,18 @@ def _metric_rows(metrics: dict) -> str:
         ]
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _benchmark_section(benchmarks: dict) -> str:
+    if not benchmarks:
+        return ""
+    rows = ["| task | metric | base | tuned | change | few-shot | documents |", "|---" * 7 + "|"]
+    rows += [
+        f"| {task} | {r['metric']} | {r['base']:.4g} | {r['tuned']:.4g} | {r['change']:+.4g} | "
+        f"{r['num_fewshot']} | {r['samples']} |"
+        for task, r in benchmarks.items()
+    ]
+    return "\n## Benchmarks (lm-eval, base and tuned)\n\n" + "\n".join(rows) + "\n"
 
 
 def render(meta: dict) -> str:
@@ -77,7 +101,7 @@ the environment are in `metadata.json`.
 ## Evaluation (held-out test split)
 
 {_metric_rows(meta["metrics"])}
-
+{_benchmark_section(meta.get("benchmarks"))}
 ## How to load
 
 Check the bytes first (`tuneledger verify <dir> --manifest <manifest>`), then:

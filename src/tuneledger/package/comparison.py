@@ -1,4 +1,5 @@
-"""Comparing two versions by what they are: params, adapter shape read from weights, metrics, ids."""
+"""Comparing two versions by what they are: params, adapter shape read from weights, metrics,
+benchmarks, ids."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneledger.core.layout import manifest_path_for
-from tuneledger.package import manifest, metadata, weights
+from tuneledger.package import benchmarks, manifest, metadata, weights
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA
 
 # The files a comparison needs; large merged weights are never downloaded for a diff.
@@ -32,8 +33,15 @@ def describe(package: Path, manifest_file: Path | None = None) -> dict[str, Any]
     facts = {"content_id": content_id, "git.commit": meta["git"]["commit"]}
     facts.update(_flatten(weights.describe_adapter(package), "adapter."))
     facts.update(_flatten(meta["metrics"], "metrics."))
+    facts.update(_flatten(_benchmark_rows(meta.get("benchmarks") or {}), "benchmarks."))
     facts.update(_flatten(meta["params"], "params."))
     return facts
+
+
+def _benchmark_rows(tasks: dict[str, dict]) -> dict[str, dict]:
+    """Per task: the scores and the setup that decides whether they are comparable (no stderr)."""
+    shown = ("metric", "base", "tuned", "change", *benchmarks.SETUP, "samples")
+    return {task: {key: record.get(key) for key in shown} for task, record in tasks.items()}
 
 
 def compare(a: str, left: dict[str, Any], b: str, right: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tuneledger.core.errors import TuneLedgerError
 from tuneledger.core.params import RegistryParams
-from tuneledger.package import metadata, signature, weights
+from tuneledger.package import benchmarks, metadata, signature, weights
 from tuneledger.package.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, METADATA, SIGNATURE
 from tuneledger.registry.remote import missing_on_remote
 from tuneledger.registry.versions import Resolved, download_verified
@@ -57,6 +57,12 @@ def _test_split_sha256(meta: dict) -> str | None:
     return ((meta.get("data") or {}).get("splits") or {}).get("test", {}).get("sha256")
 
 
+def _test_split_eval_params(meta: dict) -> dict | None:
+    """The eval params that decide test-split metrics; benchmarks are compared task by task."""
+    recorded = (meta.get("params") or {}).get("eval")
+    return None if recorded is None else {k: v for k, v in recorded.items() if k != "benchmarks"}
+
+
 def comparability_problems(candidate: dict, holder: dict) -> list[str]:
     """Why two versions' metrics do not measure the same thing: another test split or other eval params."""
     problems = []
@@ -65,8 +71,8 @@ def comparability_problems(candidate: dict, holder: dict) -> list[str]:
         problems.append("the test split's sha256 is not recorded")
     elif new_split != old_split:
         problems.append(f"another test split (sha256 {new_split[:12]}… vs {old_split[:12]}…)")
-    new_eval = (candidate.get("params") or {}).get("eval")
-    old_eval = (holder.get("params") or {}).get("eval")
+    new_eval = _test_split_eval_params(candidate)
+    old_eval = _test_split_eval_params(holder)
     if new_eval is None or old_eval is None:
         problems.append("the eval params are not recorded")
     elif new_eval != old_eval:
@@ -100,6 +106,46 @@ def check_metrics(candidate: dict, holder: dict | None, limits: RegistryParams) 
         else summary
     )
     return Check("metrics", not worse, detail)
+
+
+def check_forgetting(candidate: dict, limits: RegistryParams) -> Check:
+    """Each benchmark of the candidate against its own base: at most `max_forgetting` lower."""
+    tasks = candidate.get("benchmarks") or {}
+    if not tasks:
+        return Check("forgetting", True, "no benchmarks recorded (eval.benchmarks is empty)")
+    lost = benchmarks.forgotten(tasks, limits.max_forgetting)
+    if lost:
+        detail = f"below its base by more than {limits.max_forgetting:g}: {benchmarks.table(tasks, lost)}"
+        return Check("forgetting", False, detail)
+    return Check("forgetting", True, f"{benchmarks.table(tasks)}; limit {limits.max_forgetting:g}")
+
+
+def check_benchmarks(candidate: dict, holder: dict | None, limits: RegistryParams) -> Check:
+    """The candidate's tuned scores against the current version's, task by task, where both scored
+    the same setup (task version, few-shot count, limit, documents); `tolerance` as for metrics."""
+    new, old = candidate.get("benchmarks") or {}, (holder or {}).get("benchmarks") or {}
+    shared = sorted(new.keys() & old.keys())
+    if holder is None or not shared:
+        return Check("benchmarks", True, "no benchmark in common with a current version; not compared")
+    incomparable = [
+        f"{task}: {', '.join(differences)}"
+        for task in shared
+        if (differences := benchmarks.setup_differences(new[task], old[task]))
+    ]
+    if incomparable:
+        return Check("benchmarks", False, f"not comparable: {'; '.join(incomparable)}")
+    worse = [
+        f"{task} {new[task]['tuned']:.4g} vs {old[task]['tuned']:.4g}"
+        for task in shared
+        if new[task]["tuned"] < old[task]["tuned"] * (1 - limits.tolerance)
+    ]
+    if worse:
+        return Check(
+            "benchmarks",
+            False,
+            f"worse than the current version beyond {limits.tolerance:.0%}: {'; '.join(worse)}",
+        )
+    return Check("benchmarks", True, ", ".join(f"{task} {new[task]['tuned']:.4g}" for task in shared))
 
 
 def check_signature(candidate: Path, holder: Path | None) -> Check:
@@ -140,6 +186,8 @@ def run_gate(
     return [
         *check_health(cand_dir, hold_dir, limits),
         check_metrics(cand_meta, hold_meta, limits),
+        check_forgetting(cand_meta, limits),
+        check_benchmarks(cand_meta, hold_meta, limits),
         check_signature(cand_dir, hold_dir),
         check_lineage(candidate),
         *(extra or []),

@@ -15,6 +15,7 @@ from tuneledger.core.hashing import sha256_file, tree_digest
 from tuneledger.core.layout import (
     ADAPTER_DIR,
     BASE_DIR,
+    BENCHMARKS_FILE,
     EVAL_RESULTS,
     EXPORT_DIR,
     MANIFEST_FILE,
@@ -111,6 +112,7 @@ def build_package(params: Params, staged: Path) -> manifest.Manifest:
         adapter=describe_adapter(staged),
         training=training,
         metrics=json.loads((EVAL_RESULTS / "metrics.json").read_text()),
+        benchmarks=json.loads(BENCHMARKS_FILE.read_text())["tasks"],
         environment=env,
     )
     base_config = json.loads((BASE_DIR / "config.json").read_text())
