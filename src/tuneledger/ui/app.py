@@ -14,9 +14,8 @@ from tuneledger.core.errors import TuneLedgerError
 from tuneledger.core.progress import say
 from tuneledger.core.secrets import register_secret
 from tuneledger.registry.artifacts import resolve
-from tuneledger.ui import actions, pages
+from tuneledger.ui import actions, pages, queries
 from tuneledger.ui.config import PageConfig
-from tuneledger.ui.queries import UnknownVersion
 
 # Everything the page loads comes from itself: a model card cannot pull a script or an image from
 # elsewhere, and no other site may frame the page's buttons.
@@ -56,7 +55,7 @@ def create_app(config: PageConfig) -> FastAPI:
 
     @app.exception_handler(TuneLedgerError)
     async def failed(request: Request, exc: TuneLedgerError) -> HTMLResponse:
-        status = 404 if isinstance(exc, UnknownVersion) else 500
+        status = 404 if isinstance(exc, queries.UnknownVersion) else 500
         if request.headers.get("x-fragment") == "1":  # fetched by the page's script: the line alone
             return HTMLResponse(f'<p class="error-line">{escape(str(exc))}</p>', status_code=status)
         return pages.render("error.html", config, status=status, message=str(exc))
@@ -71,6 +70,7 @@ def run(config: PageConfig) -> None:
 
     config.check_bind()
     resolve(config.name)  # a repository that declares the artifact, or one line saying what to do
+    queries.declared_stages()  # gto takes a second to import: at start-up, not on the first view
     register_secret(config.api_key)
     mode = "promote and roll back need the API key" if config.actions else "read-only"
     say(f"registry page of {config.name} on http://{config.host}:{config.port} ({mode})")

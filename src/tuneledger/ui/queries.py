@@ -21,7 +21,7 @@ from tuneledger.core.params import PARAMS_FILE
 from tuneledger.package import metadata
 from tuneledger.package.files import METADATA
 from tuneledger.package.verify import VerificationFailed
-from tuneledger.registry import remote
+from tuneledger.registry import remote, tags
 from tuneledger.registry.promotion_gate import LOWER_IS_BETTER
 from tuneledger.registry.versions import Resolved, discard, download_verified, resolve_at, scratch_dir
 from tuneledger.serve import log_reports
@@ -115,9 +115,9 @@ class Registry:
         return next((row["version"] for row in self.rows if stage in row["stages"]), None)
 
     def stages(self) -> list[str]:
-        return sorted(
-            {s for row in self.rows for s in row["stages"]} | {e["stage"] for e in self.events if e["stage"]}
-        )
+        """The stages `.gto` declares, in its order, then any other a tag names."""
+        seen = [e["stage"] for e in reversed(self.events) if e["stage"]]
+        return list(dict.fromkeys([*declared_stages(), *seen]))
 
     def get(self, version: str) -> dict[str, Any]:
         if version not in self.by_version:
@@ -132,6 +132,18 @@ class Registry:
             for e in self.events
             if e["version"] == version and e["event"] in ("register", "registration")
         )
+
+
+def declared_stages() -> list[str]:
+    """The stages `.gto` declares, read by gto as `promote` reads them (none if it cannot be read:
+    `promote` then says why)."""
+    from gto.config import read_registry_config
+    from gto.exceptions import WrongConfig
+
+    try:
+        return list(read_registry_config(str(tags.GTO_CONFIG)).stages or [])
+    except WrongConfig:
+        return []
 
 
 _registry: dict[str, Any] = {"state": None, "value": None}
