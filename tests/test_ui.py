@@ -1,7 +1,7 @@
 """The registry page (`tuneledger ui`) in a real browser: what it shows agrees with gto and with the
 CLI, and it moves a stage only through the API, with the key, past the gate.
 
-One headless Chromium for the module. The read-only tests share one copy of the registry and one
+One headless Chromium for the session. The read-only tests share one copy of the registry and one
 page; the action tests share another copy, whose page has a key. Screenshots go to pytest's
 temporary directory; with TUNELEDGER_SCREENSHOTS=1 the two the README shows are written to
 docs/images/ as well (a test run does not otherwise change tracked files).
@@ -43,8 +43,9 @@ def tags(repo) -> set[str]:
     return set(run("git", "tag", cwd=repo).stdout.split())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser():
+    """One headless Chromium for every page test."""
     driver = chromium()
     yield driver
     driver.quit()

@@ -85,8 +85,9 @@ def add_routes(app: FastAPI, config: PageConfig) -> None:
         rows, total = queries.version_rows(name)
         reg = queries.registry(name)
         holders = {stage: reg.holder(stage) for stage in reg.stages()}
-        return render("versions.html", config, nav="versions", rows=rows, total=total, holders=holders,
-                      page_size=queries.FIRST_PAGE, versions=[r["version"] for r in reg.rows])  # fmt: skip
+        versions = [r["version"] for r in reg.rows]
+        context = {"rows": rows, "total": total, "holders": holders, "versions": versions}
+        return render("versions.html", config, nav="versions", page_size=queries.FIRST_PAGE, **context)
 
     @app.get("/versions/rows")
     def version_rows(
@@ -100,8 +101,8 @@ def add_routes(app: FastAPI, config: PageConfig) -> None:
     def version_page(version: str) -> HTMLResponse:
         detail = queries.version_detail(name, version)
         reg = queries.registry(name)
-        return render("version.html", config, nav="versions", v=detail, stages=reg.stages(),
-                      prod=reg.holder("prod"))  # fmt: skip
+        prod = reg.holder(queries.PROD)
+        return render("version.html", config, nav="versions", v=detail, stages=reg.stages(), prod=prod)
 
     @app.get("/versions/{version}/package", response_class=HTMLResponse)
     def package_fragment(version: str) -> HTMLResponse:
@@ -120,8 +121,8 @@ def add_routes(app: FastAPI, config: PageConfig) -> None:
             for index, side in enumerate(sides)
             for c in side["curves"]
         ]
-        return render("compare.html", config, nav="compare", a=a, b=b, sides=sides, versions=versions,
-                      series=series)  # fmt: skip
+        context = {"a": a, "b": b, "sides": sides, "versions": versions, "series": series}
+        return render("compare.html", config, nav="compare", **context)
 
     @app.get("/compare/diff", response_class=HTMLResponse)
     def diff_fragment(a: str, b: str) -> HTMLResponse:
@@ -140,9 +141,10 @@ def add_routes(app: FastAPI, config: PageConfig) -> None:
         ]
         stages = sorted({r["stage"] for r in every if r["stage"]})
         versions = list(dict.fromkeys(r["version"] for r in every if r["version"]))
-        return render("history.html", config, nav="history", rows=rows[:limit] if limit else rows,
-                      matching=len(rows), total=len(every), stage=stage, version=version, stages=stages,
-                      versions=versions)  # fmt: skip
+        shown = rows[:limit] if limit else rows
+        filters = {"stage": stage, "version": version, "stages": stages, "versions": versions}
+        counts = {"matching": len(rows), "total": len(every)}
+        return render("history.html", config, nav="history", rows=shown, **counts, **filters)
 
     @app.get("/serving", response_class=HTMLResponse)
     def serving_page() -> HTMLResponse:

@@ -25,6 +25,7 @@ from tuneledger.registry import remote, tags
 from tuneledger.registry.promotion_gate import LOWER_IS_BETTER
 from tuneledger.registry.versions import Resolved, discard, download_verified, resolve_at, scratch_dir
 from tuneledger.serve import log_reports
+from tuneledger.serve.config import ServeConfig
 
 METRICS = (EVAL_RESULTS / "metrics.json").as_posix()
 BENCHMARKS = (EVAL_RESULTS / "benchmarks.json").as_posix()  # the benchmark stage's; older versions lack it
@@ -36,6 +37,7 @@ CURVES = {
 CARD = "README.md"  # the package's model card (stages/export.py writes it)
 KEY_METRICS = tuple(LOWER_IS_BETTER)  # loss, perplexity, exact_match: what the gate compares
 FIRST_PAGE = 50
+PROD = ServeConfig.stage  # the stage `serve` follows: a candidate is compared with its version
 # Calls into DVC share one repository state (`repo.switch`), so they run one at a time.
 DVC_LOCK = threading.Lock()
 
@@ -211,18 +213,17 @@ def _matches(row: dict[str, Any], text: str, stage: str) -> bool:
 
 
 def version_rows(
-    name: str, sort: str = "created", descending: bool = True, text: str = "", stage: str = "",
-    page: int = 1, size: int = FIRST_PAGE,
-) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
-    """One page of the versions table, and how many rows match. Only the rows shown have their
-    committed files read, unless a metric or a benchmark decides the order."""
+    name: str, sort: str = "created", descending: bool = True, text: str = "", stage: str = "", page: int = 1
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of the versions table (FIRST_PAGE rows), and how many rows match. Only the rows
+    shown have their committed files read, unless a metric decides the order."""
     rows = [r for r in registry(name).rows if _matches(r, text.lower(), stage)]
     key = SORTS.get(sort, SORTS["created"])
     if sort in KEY_METRICS:
         with_files(rows)
     present = [r for r in rows if key(r) is not None]
     ordered = sorted(present, key=key, reverse=descending) + [r for r in rows if key(r) is None]
-    shown = ordered[(page - 1) * size : page * size]
+    shown = ordered[(page - 1) * FIRST_PAGE : page * FIRST_PAGE]
     return with_files(shown), len(rows)
 
 
@@ -249,6 +250,14 @@ def version_detail(name: str, version: str) -> dict[str, Any]:
 
 
 _packages: dict[str, dict[str, Any]] = {}  # by commit: a verified package never changes
+REMEMBERED = 256  # packages and comparisons kept in memory, the oldest forgotten first
+
+
+def _remember(store: dict, key: Any, value: dict[str, Any]) -> dict[str, Any]:
+    store[key] = value
+    while len(store) > REMEMBERED:
+        store.pop(next(iter(store)))
+    return value
 
 
 def package_report(name: str, version: str) -> dict[str, Any]:
@@ -263,8 +272,8 @@ def package_report(name: str, version: str) -> dict[str, Any]:
         if missing:
             return {"state": "not local", "missing": missing, "resolved": resolved}
         report = _verified(resolved)
-    if report["state"] == "verified":
-        _packages[row["commit"]] = report
+    if report["state"] == "verified":  # not a missing or failed one: the cache may be mended
+        _remember(_packages, row["commit"], report)
     return report
 
 
@@ -298,7 +307,7 @@ def default_pair(name: str) -> tuple[str | None, str | None]:
     """The version in prod and a candidate: the newest other version."""
     reg = registry(name)
     versions = [row["version"] for row in reg.rows]
-    a = reg.holder("prod") or (versions[1] if len(versions) > 1 else None)
+    a = reg.holder(PROD) or (versions[1] if len(versions) > 1 else None)
     b = next((v for v in versions if v != a), None)
     return a, b
 
@@ -329,8 +338,7 @@ def comparison(name: str, a: str, b: str) -> dict[str, Any]:
         "adapter": [k for k in result["keys"] if k.startswith("adapter.") or k == "content_id"],
         "params": [k for k in result["differing"] if k.startswith("params.")],
     }
-    _comparisons[key] = report
-    return report
+    return _remember(_comparisons, key, report)
 
 
 def metric_differences(result: dict[str, Any]) -> list[dict[str, Any]]:
