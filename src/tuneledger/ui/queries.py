@@ -335,6 +335,7 @@ def comparison(name: str, a: str, b: str) -> dict[str, Any]:
         "state": "compared",
         "diff": result,
         "metrics": metric_differences(result),
+        "benchmarks": benchmark_differences(result),
         "adapter": [k for k in result["keys"] if k.startswith("adapter.") or k == "content_id"],
         "params": [k for k in result["differing"] if k.startswith("params.")],
     }
@@ -359,6 +360,26 @@ def metric_differences(result: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return sorted(found, key=lambda m: not m["key"].startswith("metrics.tuned."))
+
+
+def benchmark_differences(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each benchmark task's tuned score on both sides (the diff's `benchmarks.*` rows) and b − a;
+    a task one side lacks shows as absent there."""
+    tasks = dict.fromkeys(key.split(".")[1] for key in result["keys"] if key.startswith("benchmarks."))
+    found = []
+    for task in tasks:
+        key = f"benchmarks.{task}.tuned"
+        left, right = result["a"].get(key), result["b"].get(key)
+        metric = result["a"].get(f"benchmarks.{task}.metric") or result["b"].get(f"benchmarks.{task}.metric")
+        delta = right - left if _number(left) and _number(right) else None
+        scores = {
+            "a": left,
+            "b": right,
+            "delta": delta,
+            "lower_is_better": LOWER_IS_BETTER.get(metric, False),
+        }
+        found.append({"key": key, "label": f"{task} ({metric})", **scores})
+    return found
 
 
 def _number(value: Any) -> bool:
