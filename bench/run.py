@@ -38,6 +38,7 @@ SECTIONS = [
     "real_model",  # SmolLM2-135M: needs `make test-setup` (the model ships in a test-only package)
     "deploy_copy",  # SmolLM2-135M too
     "serve_many",  # SmolLM2-135M too
+    "benchmark_stage",  # SmolLM2-135M too
 ]
 
 

@@ -9,7 +9,9 @@ is kept under .venv, so one environment converts once.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,12 +46,18 @@ def smollm2_dir() -> Path:
         return CONVERTED
     if not TEST_ONLY.is_dir():
         raise RuntimeError(f"{TEST_ONLY} is missing: run `make test-setup` (make test does it)")
-    partial = CONVERTED.with_name(CONVERTED.name + ".partial")
-    subprocess.run(
-        [sys.executable, "-c", _CONVERT, str(partial)],
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(TEST_ONLY), "HF_HUB_OFFLINE": "1"},
-        timeout=600,
-    )
-    partial.rename(CONVERTED)
+    CONVERTED.parent.mkdir(parents=True, exist_ok=True)
+    # Test workers run in parallel (pytest-xdist): one converts, the others wait for it.
+    with open(CONVERTED.with_name(CONVERTED.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (CONVERTED / "model.safetensors").is_file():
+            partial = CONVERTED.with_name(CONVERTED.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)  # a conversion killed half-way
+            subprocess.run(
+                [sys.executable, "-c", _CONVERT, str(partial)],
+                check=True,
+                env={**os.environ, "PYTHONPATH": str(TEST_ONLY), "HF_HUB_OFFLINE": "1"},
+                timeout=600,
+            )
+            partial.rename(CONVERTED)
     return CONVERTED

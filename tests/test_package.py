@@ -299,3 +299,24 @@ def test_rewriting_metadata_keeps_tensors_numpy_cannot_hold(tmp_path):
         with safe_open(str(path), framework="pt") as handle:
             assert handle.metadata() == {"format": "pt", "tuneledger.content_id": "abc"}
         assert torch.equal(load_file(str(path))["w"], tensor)
+
+
+def test_a_private_copy_links_read_only_files_and_copies_writable_ones(tmp_path):
+    """The loader's base copy: DVC's read-only cache files are linked (no second copy of a base
+    on each load); a file someone may write is copied, so a later write cannot reach the copy."""
+    from tuneledger.package.verify import copy_private
+
+    source = tmp_path / "base"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"weights")
+    (source / "model.safetensors").chmod(0o444)
+    (source / "config.json").write_text("{}")
+    copy = tmp_path / "copy"
+    assert copy_private(source, copy, follow_symlinks=True, link_read_only=True) == []
+    assert (copy / "model.safetensors").stat().st_ino == (source / "model.safetensors").stat().st_ino
+    assert (copy / "config.json").stat().st_ino != (source / "config.json").stat().st_ino
+    (source / "config.json").write_text('{"changed": true}')
+    assert (copy / "config.json").read_text() == "{}"
+    plain = tmp_path / "plain"
+    copy_private(source, plain, follow_symlinks=True)
+    assert (plain / "model.safetensors").stat().st_ino != (source / "model.safetensors").stat().st_ino

@@ -9,6 +9,7 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,8 @@ from tuneledger.serve.log import DEFAULT_DB
 pytestmark = pytest.mark.slow
 
 TRAIN = {"max_steps": 15, "batch_size": 8, "lr": 0.005, "max_length": 64, "logging_steps": 5}
+BENCHMARK = {"task": "copy_words", "limit": 20, "num_fewshot": 0, "batch_size": 16}
+FORGETTING_LR = 0.05  # LoRA on q_proj and v_proj: a few steps at this rate wreck what the base could do
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +46,7 @@ def smollm2_run(smollm2, tmp_path_factory):
         **{"model.base": str(smollm2), "data.source": "data/raw/chat.jsonl", "lora.target_modules": "auto"},
         **{f"train.{key}": value for key, value in TRAIN.items()},
         **{"eval.batch_size": 12, "eval.max_new_tokens": 12, "export.max_new_tokens": 64},
+        **{"eval.benchmarks": [BENCHMARK]},
     )
     run("dvc", "repro", cwd=repo)
     return repo
@@ -84,9 +88,11 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
         repo,
         **{"model.quantization": "nf4", "lora.target_modules": "all-linear", "export.merge": True},
         **{"train.max_steps": 4, "train.batch_size": 2, "train.gradient_checkpointing": True},
-        **{"eval.max_examples": 4},
+        **{"eval.max_examples": 4, "eval.benchmarks": [{**BENCHMARK, "limit": 4}]},
     )
     run("dvc", "repro", cwd=repo)
+    benchmarked = read_json(repo / "results/evaluate/benchmarks.json")["tasks"]["copy_words"]
+    assert benchmarked["samples"] == 4  # scored on the nf4 model, as evaluate
     summary = read_json(repo / "results/train/summary.json")
     assert summary["steps"] == 4 and math.isfinite(summary["train_loss"])
     adapter = read_json(repo / "models/export/adapter_config.json")
@@ -104,6 +110,53 @@ def test_qlora_nf4_trains_and_merges_onto_the_unquantized_base(smollm2_run, tmp_
     with safe_open(repo / "models/export/merged/model.safetensors", "pt") as merged:
         weight = merged.get_tensor("model.layers.0.self_attn.q_proj.weight")
     assert str(weight.dtype) == "torch.float32" and tuple(weight.shape) == (576, 576)
+
+
+def lm_eval_cli_score(repo, model_args: str, output: Path) -> float:
+    """What lm-eval's own command line scores for the shipped task, with the stage's setup."""
+    run(
+        "lm_eval", "--model", "hf", "--model_args", f"{model_args},dtype=float32",
+        "--tasks", BENCHMARK["task"], "--include_path", "configs/eval_tasks",
+        "--limit", str(BENCHMARK["limit"]), "--num_fewshot", str(BENCHMARK["num_fewshot"]),
+        "--batch_size", str(BENCHMARK["batch_size"]), "--device", "cpu", "--apply_chat_template",
+        "--output_path", str(output),
+        cwd=repo,
+    )  # fmt: skip
+    (written,) = output.rglob("results_*.json")
+    return read_json(written)["results"][BENCHMARK["task"]]["acc,none"]
+
+
+def test_benchmarks_match_what_lm_eval_itself_scores(smollm2_run, tmp_path):
+    record = read_json(smollm2_run / "results/evaluate/benchmarks.json")["tasks"]["copy_words"]
+    assert record["samples"] == BENCHMARK["limit"] and record["limit"] == BENCHMARK["limit"]
+    base = lm_eval_cli_score(smollm2_run, "pretrained=models/base", tmp_path / "base")
+    tuned = lm_eval_cli_score(smollm2_run, "pretrained=models/base,peft=models/adapter", tmp_path / "tuned")
+    assert (record["base"], record["tuned"]) == (base, tuned)
+
+
+def test_a_version_that_forgot_its_base_is_refused_at_promote(smollm2_run, s3, tmp_path):
+    """A few steps at a harmful learning rate: the test split may even improve, the shipped task
+    (copying, which the base does) falls; the gate refuses it, and a forced promotion is recorded."""
+    repo = copy_repo(smollm2_run, tmp_path / "repo", share_cached=True)
+    set_params(repo, **{"train.lr": FORGETTING_LR, "train.max_steps": 3, "eval.max_examples": 4})
+    run("dvc", "repro", cwd=repo)
+    record = read_json(repo / "results/evaluate/benchmarks.json")["tasks"]["copy_words"]
+    assert record["base"] - record["tuned"] > 0.1, record
+    use_remote(repo, s3, "forgetting")
+    commit_all(repo, "SmolLM2 at a harmful learning rate")
+    run("tuneledger", "register", "--push", cwd=repo)
+
+    refused = run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo, check=False)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    lost = f"copy_words acc {record['base']:.3f} → {record['tuned']:.3f} ({record['change']:+.3f})"
+    assert f"forgetting: below its base by more than 0.1: {lost}" in refused.stderr
+    assert run("gto", "show", "--json", cwd=repo).stdout.count('"prod"') == 0
+
+    run("tuneledger", "promote", "v1.0.0", "--stage", "prod", "--force", "--reason", "accepted", cwd=repo)
+    (event,) = [e for e in json.loads(run("tuneledger", "history", "--json", cwd=repo).stdout) if e["stage"]]
+    assert (event["version"], event["forced"], event["reason"]) == ("v1.0.0", True, "accepted")
+    message = run("git", "tag", "-l", "--format=%(contents)", "lora-adapter#prod#*", cwd=repo).stdout
+    assert '"failed_checks": ["forgetting"]' in message
 
 
 KEY = "smollm2-key-0123456789"

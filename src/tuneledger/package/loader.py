@@ -37,16 +37,19 @@ def base_candidates(package: Path, explicit: Path | None) -> list[Path]:
 def verified_base(package: Path, meta: dict, explicit: Path | None = None) -> Iterator[Path]:
     """A private copy of the base model whose SHA-256 digest equals the one the package was
     trained on. Symlinks are followed (DVC may link its cache into models/base); the copy holds
-    their bytes, and it is the copy that is hashed and loaded."""
+    their bytes (read-only files as hard links to the files opened), and it is the copy that is
+    hashed and loaded."""
     expected = meta["base_model"]["sha256"]
     tried = []
     for candidate in base_candidates(package, explicit):
         if not candidate.is_dir():
             tried.append(f"{candidate} (missing)")
             continue
-        with private_directory("tuneledger-base-") as holder:
+        # Beside the candidate, so that the weights DVC keeps read-only are linked, not copied: a
+        # base costs no second copy on each load.
+        with private_directory("tuneledger-base-", near=candidate.resolve().parent) as holder:
             copy = holder / "base"
-            skipped = copy_private(candidate, copy, follow_symlinks=True)
+            skipped = copy_private(candidate, copy, follow_symlinks=True, link_read_only=True)
             digest, _ = tree_digest(copy)
             if digest == expected and not skipped:
                 yield copy

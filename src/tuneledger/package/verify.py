@@ -106,11 +106,14 @@ def verify(package: Path, manifest_file: Path | None = None) -> Manifest:
     return recorded
 
 
-def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | None:
+def _copy_regular(source: Path, target: Path, follow_symlinks: bool, link_read_only: bool) -> str | None:
     """Copy one file; return the kind of file instead when it is not a regular one.
 
     The type is checked on the opened descriptor (O_NONBLOCK, so opening a FIFO cannot hang), not
-    on the path: a path checked first could be swapped for a FIFO before it is opened.
+    on the path: a path checked first could be swapped for a FIFO before it is opened. With
+    `link_read_only`, a file nobody may write (DVC's cache protects its objects so) is hard-linked
+    instead, kept only when it is the very file opened, so a swap of the path changes nothing that
+    is loaded; across filesystems it is copied after all.
     """
     mode = os.lstat(source).st_mode
     if not (stat.S_ISREG(mode) or (follow_symlinks and stat.S_ISLNK(mode))):
@@ -125,14 +128,33 @@ def _copy_regular(source: Path, target: Path, follow_symlinks: bool) -> str | No
         if not stat.S_ISREG(mode):
             return file_kind(mode)
         os.set_blocking(descriptor, True)
+        if link_read_only and not mode & 0o222 and _link_opened(source, descriptor, target):
+            return None
         with open(target, "xb") as writer:
             shutil.copyfileobj(reader, writer, CHUNK)
     return None
 
 
-def copy_private(source: Path, target: Path, follow_symlinks: bool = False) -> list[tuple[str, str]]:
-    """Copy the regular files of `source` into the new directory `target`; return the entries
-    that were not copied because they are not regular files, with their kind."""
+def _link_opened(source: Path, descriptor: int, target: Path) -> bool:
+    """Hard-link `target` to the file open as `descriptor`: linked by path, then kept only if it
+    is the very file opened (the path may have been swapped in between)."""
+    try:
+        os.link(os.path.realpath(source), target)
+    except OSError:  # another filesystem, or links not allowed
+        return False
+    opened, linked = os.fstat(descriptor), os.lstat(target)
+    if (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino):
+        return True
+    target.unlink()
+    return False
+
+
+def copy_private(
+    source: Path, target: Path, follow_symlinks: bool = False, link_read_only: bool = False
+) -> list[tuple[str, str]]:
+    """Copy the regular files of `source` into the new directory `target` (hard-link the read-only
+    ones with `link_read_only`); return the entries that were not copied because they are not
+    regular files, with their kind."""
     source = Path(source)
     target.mkdir(mode=0o700)
     skipped = []
@@ -142,16 +164,21 @@ def copy_private(source: Path, target: Path, follow_symlinks: bool = False) -> l
             (target / relative).mkdir(mode=0o700, exist_ok=True)
             continue
         (target / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        kind = _copy_regular(path, target / relative, follow_symlinks)
+        kind = _copy_regular(path, target / relative, follow_symlinks, link_read_only)
         if kind:
             skipped.append((relative.as_posix(), kind))
     return skipped
 
 
 @contextlib.contextmanager
-def private_directory(prefix: str) -> Iterator[Path]:
-    """A new directory only this user can open (mode 0700), removed afterwards."""
-    holder = Path(tempfile.mkdtemp(prefix=prefix))
+def private_directory(prefix: str, near: Path | None = None) -> Iterator[Path]:
+    """A new directory only this user can open (mode 0700), removed afterwards; beside `near` when
+    that directory can hold it (the same filesystem, so files can be hard-linked), else in /tmp."""
+    try:
+        holder = Path(tempfile.mkdtemp(prefix=f".{prefix}", dir=near)) if near else None
+    except OSError:  # a read-only directory
+        holder = None
+    holder = holder or Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield holder
     finally:

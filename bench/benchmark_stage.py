@@ -1,0 +1,82 @@
+"""The `benchmark` stage against lm-eval's own command line on SmolLM2-135M: the same task (the
+shipped copy_words, all 60 documents), model, adapter, dtype and chat template.
+
+The stage scores the base and the tuned model in one process; lm-eval's CLI takes one model per
+run, so its side is two runs (base, then base + `peft=`), the way a user would get both numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from common import clone_template, interleaved, ratio, set_param, sh, summary
+
+from tuneledger.models import tasks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from real_model import smollm2_dir  # noqa: E402
+
+ROUNDS = 3
+TASK = {"task": "copy_words", "limit": None, "num_fewshot": 0, "batch_size": 16}
+TRAIN = {"max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 0.005, "logging_steps": 1}
+
+
+def build(work: Path) -> Path:
+    repo = clone_template(work / "benchmark-stage")
+    rows = tasks.BUILTIN_TASKS["reverse-words-chat"](60, 5)
+    (repo / "data/raw/chat.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = {
+        "model.base": str(smollm2_dir()),
+        "data.source": "data/raw/chat.jsonl",
+        "lora.target_modules": "auto",
+        "eval.max_examples": 4,
+        "eval.benchmarks": [TASK],
+        **{f"train.{k}": v for k, v in TRAIN.items()},
+    }
+    for dotted, value in settings.items():
+        set_param(repo, dotted, value)
+    sh("dvc", "repro", cwd=repo)
+    return repo
+
+
+def cli(repo: Path, model_args: str, out: Path) -> None:
+    sh(
+        "lm_eval", "--model", "hf", "--model_args", f"{model_args},dtype=float32",
+        "--tasks", TASK["task"], "--include_path", "configs/eval_tasks",
+        "--num_fewshot", str(TASK["num_fewshot"]), "--batch_size", str(TASK["batch_size"]),
+        "--device", "cpu", "--apply_chat_template", "--output_path", str(out),
+        cwd=repo,
+    )  # fmt: skip
+
+
+def run(ctx: dict) -> dict:
+    repo = build(ctx["work"])
+    out = ctx["work"] / "lm-eval-cli"
+    times = interleaved(
+        {
+            "stage": lambda: sh("python", "-m", "tuneledger.stages.benchmark", cwd=repo),
+            "cli": lambda: (
+                cli(repo, "pretrained=models/base", out / "base"),
+                cli(repo, "pretrained=models/base,peft=models/adapter", out / "tuned"),
+            ),
+        },
+        ROUNDS,
+    )
+    median, low, high = ratio(times["stage"], times["cli"])
+    record = json.loads((repo / "results/evaluate/benchmarks.json").read_text())["tasks"]["copy_words"]
+    scores = f"base {record['base']:.3f}, tuned {record['tuned']:.3f} ({record['samples']} documents)"
+    return {
+        "title": "Benchmark stage against lm-eval's CLI (SmolLM2-135M, copy_words)",
+        "ratios": [("benchmark stage / lm-eval CLI (base + tuned)", median, low, high, "≤ 1.05")],
+        "rows": [
+            ("`python -m tuneledger.stages.benchmark`", summary(times["stage"]), scores),
+            ("`lm_eval` base, then `lm_eval` with `peft=`", summary(times["cli"]), "two processes"),
+        ],
+        "notes": (
+            "Both sides run lm-eval's own scoring on the same model and documents; the stage loads the "
+            "base once, scores it, puts the adapter on and scores again, and then records the setup "
+            "and the documents' SHA-256."
+        ),
+    }
