@@ -70,7 +70,8 @@ def run(config: PageConfig) -> None:
 
     config.check_bind()
     resolve(config.name)  # a repository that declares the artifact, or one line saying what to do
-    queries.declared_stages()  # gto takes a second to import: at start-up, not on the first view
+    queries.warm_up()
+    pages.compile_templates()
     register_secret(config.api_key)
     mode = "promote and roll back need the API key" if config.actions else "read-only"
     say(f"registry page of {config.name} on http://{config.host}:{config.port} ({mode})")

@@ -70,6 +70,12 @@ templates.filters.update(
 )
 
 
+def compile_templates() -> None:
+    """Every template compiled once, at start-up rather than on each one's first view."""
+    for name in templates.list_templates():
+        templates.get_template(name)
+
+
 def render(name: str, config: PageConfig, status: int = 200, **context: Any) -> HTMLResponse:
     html = templates.get_template(name).render(
         name=config.name, actions=config.actions, repo=Path.cwd().name, **context

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from tuneledger.package.files import METADATA
 from tuneledger.package.verify import VerificationFailed
 from tuneledger.registry import remote, tags
 from tuneledger.registry.promotion_gate import LOWER_IS_BETTER
-from tuneledger.registry.versions import Resolved, discard, download_verified, resolve_at, scratch_dir
+from tuneledger.registry.versions import (
+    Resolved,
+    discard,
+    download_verified,
+    git_show,
+    resolve_at,
+    scratch_dir,
+)
 from tuneledger.serve import log_reports
 from tuneledger.serve.config import ServeConfig
 
@@ -38,7 +46,8 @@ CARD = "README.md"  # the package's model card (stages/export.py writes it)
 KEY_METRICS = tuple(LOWER_IS_BETTER)  # loss, perplexity, exact_match: what the gate compares
 FIRST_PAGE = 50
 PROD = ServeConfig.stage  # the stage `serve` follows: a candidate is compared with its version
-# Calls into DVC share one repository state (`repo.switch`), so they run one at a time.
+# The page's calls into DVC (its cache, a diff, the gate of an action) run one at a time: DVC's
+# repository objects are not made for threads.
 DVC_LOCK = threading.Lock()
 
 
@@ -136,6 +145,14 @@ class Registry:
         )
 
 
+def warm_up() -> None:
+    """Import at start-up what first views would wait for: gto (the declared stages) and DVC (a
+    package, a diff), about a second each."""
+    import dvc.repo  # noqa: F401
+
+    declared_stages()
+
+
 def declared_stages() -> list[str]:
     """The stages `.gto` declares, read by gto as `promote` reads them (none if it cannot be read:
     `promote` then says why)."""
@@ -157,8 +174,12 @@ def registry(name: str) -> Registry:
     state = git.tag_refs_state(git.common_dir())
     with _registry_lock:
         if _registry["state"] != (name, state):
-            rows = [row for row in reversed(api.show(name))]
-            events = [e for e in api.history(name) if e.get("tag")]  # serving swaps have no tag
+            # Each reads every tag in a git process of its own: side by side, one parses while the
+            # other waits for git (a fifth less time at 1,000 versions).
+            with ThreadPoolExecutor(2) as pool:
+                shown, history = pool.submit(api.show, name), pool.submit(api.history, name)
+                rows = list(reversed(shown.result()))
+                events = [e for e in history.result() if e.get("tag")]  # serving swaps have no tag
             verdicts = _verdicts(events)
             for row in rows:
                 row["verdict"] = verdicts.get(row["version"])
@@ -268,7 +289,7 @@ def package_report(name: str, version: str) -> dict[str, Any]:
         return _packages[row["commit"]]
     with DVC_LOCK:
         resolved = resolve_at(name, version, row["commit"])
-        missing = missing_locally(resolved)
+        missing = missing_locally(resolved)[version]
         if missing:
             return {"state": "not local", "missing": missing, "resolved": resolved}
         report = _verified(resolved)
@@ -277,14 +298,31 @@ def package_report(name: str, version: str) -> dict[str, Any]:
     return report
 
 
-def missing_locally(resolved: Resolved) -> list[str]:
-    """Files of the package at its commit that the local DVC cache lacks (all of them when the
-    cache lacks even its listing), read through DVC's index without touching a remote."""
-    with remote.open_repo() as repo, repo.switch(resolved.commit):
-        out = next((o for o in repo.index.outs if o.def_path == resolved.path), None)
-        if out is None or not out.hash_info or not out.cache.exists(out.hash_info.value):
-            return sorted(resolved.manifest.files)
-        return sorted("/".join(key) for key, _, oid in out.get_obj() if not out.cache.exists(oid.value))
+def missing_locally(*resolved: Resolved) -> dict[str, list[str]]:
+    """Each version's package files that the local DVC cache lacks (all of them when it lacks even
+    their listing), by version. The output's hash is read from dvc.lock at the version's commit:
+    the answer DVC's index gives at that commit, without building the index (a second each)."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.tree import Tree
+
+    found = {}
+    with remote.open_repo() as repo:
+        cache = repo.cache.local
+        for version in resolved:
+            tree_hash = _locked_hash(version)
+            if tree_hash is None or not cache.exists(tree_hash):
+                found[version.version] = sorted(version.manifest.files)
+                continue
+            tree = Tree.load(cache, HashInfo("md5", tree_hash))
+            found[version.version] = sorted("/".join(k) for k, _, oid in tree if not cache.exists(oid.value))
+    return found
+
+
+def _locked_hash(resolved: Resolved) -> str | None:
+    """The md5 dvc.lock records at the version's commit for its package directory."""
+    lock = yaml.safe_load(git_show(resolved.commit, "dvc.lock") or "") or {}
+    outs = [out for stage in (lock.get("stages") or {}).values() for out in stage.get("outs") or []]
+    return next((out.get("md5") for out in outs if out.get("path") == resolved.path), None)
 
 
 def _verified(resolved: Resolved) -> dict[str, Any]:
@@ -324,10 +362,7 @@ def comparison(name: str, a: str, b: str) -> dict[str, Any]:
     if key in _comparisons:
         return _comparisons[key]
     with DVC_LOCK:
-        missing = {
-            v: missing_locally(resolve_at(name, v, row["commit"]))
-            for v, row in zip((a, b), rows, strict=True)
-        }
+        missing = missing_locally(*(resolve_at(name, row["version"], row["commit"]) for row in rows))
         if any(missing.values()):
             return {"state": "not local", "missing": {v: m for v, m in missing.items() if m}}
         result = api.diff(reg.tag(a), reg.tag(b))
