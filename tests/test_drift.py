@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
+import numpy
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -102,11 +102,11 @@ def test_dora_drift_without_the_base_compares_magnitude_vectors(tmp_path):
     changes = {}
     for name in old:
         if name.endswith(".lora_magnitude_vector"):
-            changes[name] = np.linalg.norm(new[name] - old[name]) / np.linalg.norm(old[name])
+            changes[name] = numpy.linalg.norm(new[name] - old[name]) / numpy.linalg.norm(old[name])
         elif ".lora_A." in name:
             layer, b_name = name.split(".lora_A.")[0], name.replace(".lora_A.", ".lora_B.")
-            norm_new = 8 / 4 * np.linalg.norm(new[b_name].astype(np.float64) @ new[name])
-            norm_old = 8 / 4 * np.linalg.norm(old[b_name].astype(np.float64) @ old[name])
+            norm_new = 8 / 4 * numpy.linalg.norm(new[b_name].astype(numpy.float64) @ new[name])
+            norm_old = 8 / 4 * numpy.linalg.norm(old[b_name].astype(numpy.float64) @ old[name])
             changes[layer] = abs(norm_new - norm_old) / norm_old
     worst = max(changes, key=changes.get)
 
@@ -143,8 +143,8 @@ def lora_update_norms(adapter_file, scaling) -> dict[str, float]:
     for name, lora_a in tensors.items():
         if ".lora_A." in name:
             lora_b = tensors[name.replace(".lora_A.", ".lora_B.")]
-            norms[name.split(".lora_A.")[0]] = scaling * np.linalg.norm(
-                lora_b.astype(np.float64) @ lora_a.astype(np.float64)
+            norms[name.split(".lora_A.")[0]] = scaling * numpy.linalg.norm(
+                lora_b.astype(numpy.float64) @ lora_a.astype(numpy.float64)
             )
     return norms
 

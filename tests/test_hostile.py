@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies
 
 from conftest import PROJECT, run
 from tuneledger.core.errors import TuneLedgerError
@@ -24,15 +23,22 @@ KEYS = [f"{group}.{key}" for group, values in DEFAULTS.items() if isinstance(val
 KEYS += [key for key, value in DEFAULTS.items() if not isinstance(value, dict)]
 
 # Anything YAML can express: scalars of every type, lists and mappings of them.
-yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+yaml_values = strategies.recursive(
+    strategies.none()
+    | strategies.booleans()
+    | strategies.integers()
+    | strategies.floats(allow_nan=True)
+    | strategies.text(max_size=20),
+    lambda inner: (
+        strategies.lists(inner, max_size=3)
+        | strategies.dictionaries(strategies.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(changes=st.dictionaries(st.sampled_from(KEYS), yaml_values, min_size=1, max_size=3))
+@given(changes=strategies.dictionaries(strategies.sampled_from(KEYS), yaml_values, min_size=1, max_size=3))
 def test_random_values_at_any_key_are_accepted_or_refused_by_name(changes):
     params = json.loads(json.dumps(DEFAULTS))
     for dotted, value in changes.items():
