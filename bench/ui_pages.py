@@ -101,7 +101,7 @@ def run(ctx: dict) -> dict:
         (
             f"registry page: versions page first view, {high:,} versions vs {low}",
             *ratio(first_views[high], first_views[low]),
-            "flat: one page of rows",
+            "one page of rows; every tag is read",
         )
     ]
     notes = (

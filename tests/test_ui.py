@@ -69,7 +69,7 @@ def shots(tmp_path_factory):
 def readonly(registry, tmp_path_factory):
     """The registry's copy the read-only tests share, and its page (no key: read-only)."""
     repo = copy_repo(registry[0], tmp_path_factory.mktemp("ui") / "repo")
-    db = repo / "serving.sqlite"  # a serving log of the test's own, written by test_serving
+    db = repo / ".tuneledger" / "ui-test.sqlite"  # a serving log of its own, written by test_serving
     with page_server(repo, "--db", str(db)) as page:
         yield repo, page.url, db
 
