@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 
 TRAIN = {"max_steps": 15, "batch_size": 8, "lr": 0.005, "max_length": 64, "logging_steps": 5}
 BENCHMARK = {"task": "copy_words", "limit": 20, "num_fewshot": 0, "batch_size": 16}
-FORGETTING_LR = 0.05  # LoRA on q_proj and v_proj: a few steps at this rate wreck what the base could do
 
 
 @pytest.fixture(scope="session")
@@ -135,22 +134,21 @@ def test_benchmarks_match_what_lm_eval_itself_scores(smollm2_run, tmp_path):
 
 
 def test_a_version_that_forgot_its_base_is_refused_at_promote(smollm2_run, s3, tmp_path):
-    """A few steps at a harmful learning rate: the test split may even improve, the shipped task
-    (copying, which the base does) falls; the gate refuses it, and a forced promotion is recorded."""
+    """SmolLM2 fine-tuned to reverse words (the run's data set, harmful to what the shipped task
+    asks: copying them, which the base does) falls on copy_words; the gate refuses it, and a forced
+    promotion is recorded with its reason and the failed check."""
     repo = copy_repo(smollm2_run, tmp_path / "repo", share_cached=True)
-    set_params(repo, **{"train.lr": FORGETTING_LR, "train.max_steps": 3, "eval.max_examples": 4})
-    run("dvc", "repro", cwd=repo)
     record = read_json(repo / "results/evaluate/benchmarks.json")["tasks"]["copy_words"]
     assert record["base"] - record["tuned"] > 0.1, record
     use_remote(repo, s3, "forgetting")
-    commit_all(repo, "SmolLM2 at a harmful learning rate")
+    commit_all(repo, "SmolLM2 tuned to reverse words")
     run("tuneledger", "register", "--push", cwd=repo)
 
     refused = run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo, check=False)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     lost = f"copy_words acc {record['base']:.3f} → {record['tuned']:.3f} ({record['change']:+.3f})"
     assert f"forgetting: below its base by more than 0.1: {lost}" in refused.stderr
-    assert run("gto", "show", "--json", cwd=repo).stdout.count('"prod"') == 0
+    assert json.loads(run("gto", "show", "--json", cwd=repo).stdout)["lora-adapter"]["stage"]["prod"] is None
 
     run("tuneledger", "promote", "v1.0.0", "--stage", "prod", "--force", "--reason", "accepted", cwd=repo)
     (event,) = [e for e in json.loads(run("tuneledger", "history", "--json", cwd=repo).stdout) if e["stage"]]
@@ -171,7 +169,11 @@ def smollm2_served(smollm2_run, s3, tmp_path_factory):
     use_remote(repo, s3, "smollm2")
     commit_all(repo, "SmolLM2 tuned on chats")
     run("tuneledger", "register", "--push", cwd=repo)
-    run("tuneledger", "promote", "v1.0.0", "--stage", "prod", cwd=repo)
+    # Tuned to reverse words, it no longer copies them (copy_words): the gate's forgetting check
+    # refuses it (test_a_version_that_forgot_its_base_is_refused_at_promote); these tests serve it.
+    run(
+        "tuneledger", "promote", "v1.0.0", "--stage", "prod", "--force", "--reason", "serving tests", cwd=repo
+    )
     local = {}
     for question in QUESTIONS:
         (repo / "messages.json").write_text(json.dumps(question))
