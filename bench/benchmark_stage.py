@@ -8,37 +8,16 @@ run, so its side is two runs (base, then base + `peft=`), the way a user would g
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from common import clone_template, interleaved, ratio, set_param, sh, summary
-
-from tuneledger.models import tasks
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from real_model import smollm2_dir  # noqa: E402
+from common import interleaved, ratio, sh, smollm2_chat_run, summary
 
 ROUNDS = 3
 TASK = {"task": "copy_words", "limit": None, "num_fewshot": 0, "batch_size": 16}
-TRAIN = {"max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 0.005, "logging_steps": 1}
 
 
 def build(work: Path) -> Path:
-    repo = clone_template(work / "benchmark-stage")
-    rows = tasks.BUILTIN_TASKS["reverse-words-chat"](60, 5)
-    (repo / "data/raw/chat.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    settings = {
-        "model.base": str(smollm2_dir()),
-        "data.source": "data/raw/chat.jsonl",
-        "lora.target_modules": "auto",
-        "eval.max_examples": 4,
-        "eval.benchmarks": [TASK],
-        **{f"train.{k}": v for k, v in TRAIN.items()},
-    }
-    for dotted, value in settings.items():
-        set_param(repo, dotted, value)
-    sh("dvc", "repro", cwd=repo)
-    return repo
+    return smollm2_chat_run(work / "benchmark-stage", **{"eval.benchmarks": [TASK]})
 
 
 def cli(repo: Path, model_args: str, out: Path) -> None:

@@ -70,6 +70,37 @@ def clone_template(dest: Path) -> Path:
     return dest
 
 
+SMOLLM2_TRAIN = {"max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 0.005, "logging_steps": 1}
+
+
+def smollm2_chat_run(dest: Path, **settings) -> Path:
+    """A template clone on SmolLM2-135M with 60 reverse-words chats as its data, a short real
+    training, and `settings` (dotted param → value) on top, after `dvc repro`."""
+    import json
+    import sys
+
+    from tuneledger.models import tasks
+
+    sys.path.insert(0, str(PROJECT / "tests"))
+    from real_model import smollm2_dir
+
+    repo = clone_template(dest)
+    rows = tasks.BUILTIN_TASKS["reverse-words-chat"](60, 5)
+    (repo / "data/raw").mkdir(parents=True, exist_ok=True)
+    (repo / "data/raw/chat.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    defaults = {
+        "model.base": str(smollm2_dir()),
+        "data.source": "data/raw/chat.jsonl",
+        "lora.target_modules": "auto",
+        "eval.max_examples": 4,
+        **{f"train.{k}": v for k, v in SMOLLM2_TRAIN.items()},
+    }
+    for dotted, value in {**defaults, **settings}.items():
+        set_param(repo, dotted, value)
+    sh("dvc", "repro", cwd=repo)
+    return repo
+
+
 def set_param(repo: Path, dotted: str, value) -> None:
     import yaml
 

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import httpx
-from common import clone_template, set_param, sh, start_server
+from common import sh, smollm2_chat_run, start_server
 
 from tuneledger.core.s3local import LocalS3, configure_remote
-from tuneledger.models import tasks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from forged_versions import register_forged_version  # noqa: E402
@@ -32,27 +31,12 @@ SUBJECTS = "cat dog owl fox bee eel elk yak ant bat cow emu gnu hen jay kit".spl
 PROMPTS = [
     [{"role": "user", "content": f"Tell me a long story about a {s} in a big city."}] for s in SUBJECTS
 ]
-TRAIN = {"max_steps": 2, "batch_size": 4, "max_length": 64, "lr": 0.005, "logging_steps": 1}
 
 
 def build(work: Path) -> tuple[Path, LocalS3, list[str]]:
     """A SmolLM2 repository with v1.0.0 (a short real training) in prod, and v1.1.0 and v1.2.0
     (its LoRA B scaled) registered beside it."""
-    repo = clone_template(work / "serve-many")
-    rows = tasks.BUILTIN_TASKS["reverse-words-chat"](60, 5)
-    (repo / "data/raw").mkdir(parents=True, exist_ok=True)
-    (repo / "data/raw/chat.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    settings = {
-        "model.base": str(smollm2_dir()),
-        "data.source": "data/raw/chat.jsonl",
-        "lora.target_modules": "auto",
-        "eval.max_examples": 4,
-        "export.max_new_tokens": TOKENS,
-        **{f"train.{k}": v for k, v in TRAIN.items()},
-    }
-    for dotted, value in settings.items():
-        set_param(repo, dotted, value)
-    sh("dvc", "repro", cwd=repo)
+    repo = smollm2_chat_run(work / "serve-many", **{"export.max_new_tokens": TOKENS})
     s3 = LocalS3()
     s3.start()
     s3.client().create_bucket(Bucket="serve-many")
