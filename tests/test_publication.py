@@ -16,7 +16,6 @@ import pytest
 
 from conftest import run, set_params
 from tuneledger.core.errors import TuneLedgerError
-from tuneledger.core.hashing import tree_digest
 from tuneledger.package.verify import VerificationFailed, verify
 
 KILLED = -signal.SIGKILL
@@ -151,20 +150,21 @@ def test_train_killed_between_adapter_and_logs_reruns_into_matching_outputs(trai
 
 @pytest.mark.slow
 @pytest.mark.faults
-def test_prepare_killed_between_data_and_base_reruns_into_matching_outputs(trained_repo, tmp_path):
+def test_base_killed_between_snapshot_and_record_reruns_into_matching_outputs(trained_repo, tmp_path):
     import shutil
 
     local_base = shutil.copytree(trained_repo / "models/base", tmp_path / "my-base")
-    set_params(trained_repo, **{"model.base": str(local_base), "data.val_fraction": 0.2})
-    old_base, _ = tree_digest(trained_repo / "models/base")
-    stage = "prepare"
+    set_params(trained_repo, **{"model.base": str(local_base)})
+    old_record = (trained_repo / "results/base/build.json").read_text()
+    stage = "base"
     assert run_stage(trained_repo, stage, "publish:moved:0").returncode == KILLED
-    assert tree_digest(trained_repo / "models/base")[0] == old_base  # the window: new data, old base
+    source = (trained_repo / "models/base/tuneledger-source.json").read_text()
+    assert str(local_base) in source  # the window: the new snapshot, the old build record
+    assert (trained_repo / "results/base/build.json").read_text() == old_record
     assert run_stage(trained_repo, stage, "publish:begun").returncode == KILLED
-    assert tree_digest(trained_repo / "models/base")[0] != old_base
-    assert str(local_base) in (trained_repo / "models/base/tuneledger-source.json").read_text()
-    val_rows = (trained_repo / "data/prepared/val.jsonl").read_text().count("\n")
-    assert val_rows == 240  # 20% of 1200: the new split
+    record = json.loads((trained_repo / "results/base/build.json").read_text())
+    assert record["source"] == str(local_base) and record["built_on"] is None  # copied, not built here
+    assert (trained_repo / "models/base/tuneledger-source.json").read_text() == source
 
 
 # --- fetch: all or nothing, and never over the user's files ---------------------------------------
