@@ -33,11 +33,8 @@ $(TEST_STAMP): $(STAMP) requirements-test.lock
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Two workers (pytest-xdist), a test file each at a time: one trains or loads a model while the
-# other waits on git, DVC and process start-up. Session fixtures are built once per worker.
-TEST_WORKERS ?= 2
 test: setup test-setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check src tests bench

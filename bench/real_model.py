@@ -2,7 +2,7 @@
 
 Side by side in one run: `dvc repro --force` against a plain trl script doing the same training and
 evaluation; peak RSS of training in nf4 against float32; the local bytes a base costs (a local
-directory, and a hub id through the Hugging Face cache); `prepare`, no-op `dvc repro` and `dvc push`
+directory, and a hub id through the Hugging Face cache); the `base` stage, no-op `dvc repro` and `dvc push`
 with the large base.
 """
 
@@ -95,11 +95,11 @@ def fake_hub_cache(root, base) -> dict:
     return {"HF_HUB_CACHE": str(root), "HF_HUB_OFFLINE": "1"}
 
 
-def bytes_of_prepare(repo, source, env=None) -> tuple[int, float]:
-    """Bytes `dvc repro prepare` adds to local disk (repository, cache and the base's source together,
+def bytes_of_base(repo, source, env=None) -> tuple[int, float]:
+    """Bytes `dvc repro base` adds to local disk (repository, cache and the base's source together,
     so a link to the source counts nothing), and its time."""
     before = disk_bytes(repo, source)
-    seconds = timed(lambda: sh("dvc", "repro", "prepare", cwd=repo, env=env))
+    seconds = timed(lambda: sh("dvc", "repro", "base", cwd=repo, env=env))
     return disk_bytes(repo, source) - before, seconds
 
 
@@ -113,7 +113,7 @@ def base_object_md5s(repo) -> set[str]:
     import yaml
 
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    out = next(o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "models/base")
+    out = next(o for o in lock["stages"]["base"]["outs"] if o["path"] == "models/base")
     listing_md5 = out["md5"]
     listing = json.loads((repo / ".dvc/cache/files/md5" / listing_md5[:2] / listing_md5[2:]).read_text())
     return {listing_md5} | {entry["md5"] for entry in listing}
@@ -125,15 +125,15 @@ def peak_rss_mib(repo, cmd: list[str]) -> float:
 
 
 def local_bytes(work, base) -> dict:
-    """`dvc repro prepare` of a local directory and of a hub id (from an offline HF cache)."""
+    """`dvc repro base` of a local directory and of a hub id (from an offline HF cache)."""
     repo = clone_template(work / "real-model")
     configure(repo, str(base))
-    local_added, local_seconds = bytes_of_prepare(repo, base)
+    local_added, local_seconds = bytes_of_base(repo, base)
     hub_repo = clone_template(work / "real-model-hub")
     configure(hub_repo, HUB_ID, **{"model.revision": "main"})
     hub_env = {**os.environ, **fake_hub_cache(work / "hf-cache", base)}
     cache_bytes = disk_bytes(work / "hf-cache")  # what the download itself took
-    hub_added, hub_seconds = bytes_of_prepare(hub_repo, work / "hf-cache", env=hub_env)
+    hub_added, hub_seconds = bytes_of_base(hub_repo, work / "hf-cache", env=hub_env)
     shutil.rmtree(hub_repo)
     shutil.rmtree(work / "hf-cache")
     return {
@@ -262,12 +262,12 @@ def run(ctx: dict, rounds: int = 2) -> dict:
                 f"{EVAL['max_examples']} test rows of reverse-words",
             ),
             (
-                "`dvc repro prepare`, local directory",
+                "`dvc repro base`, local directory",
                 f"{disk['local_seconds']:.3f} s",
                 f"adds {disk['local_added']:,} B (repository and cache)",
             ),
             (
-                "`dvc repro prepare`, hub id (offline HF cache)",
+                "`dvc repro base`, hub id (offline HF cache)",
                 f"{disk['hub_seconds']:.3f} s",
                 f"adds {disk['hub_added']:,} B beside the HF cache's {disk['hub_cache']:,} B",
             ),

@@ -47,7 +47,7 @@ def smollm2_dir() -> Path:
     if not TEST_ONLY.is_dir():
         raise RuntimeError(f"{TEST_ONLY} is missing: run `make test-setup` (make test does it)")
     CONVERTED.parent.mkdir(parents=True, exist_ok=True)
-    # Test workers run in parallel (pytest-xdist): one converts, the others wait for it.
+    # Two test runs at once (two clones sharing one environment): one converts, the other waits.
     with open(CONVERTED.with_name(CONVERTED.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (CONVERTED / "model.safetensors").is_file():

@@ -59,7 +59,7 @@ def test_hub_id_resolves_through_the_offline_cache(default_run, project_copy, tm
     fake_hub_cache(cache, "acme/tiny-gpt2", default_run / "models/base")
     set_params(project_copy, **{"model.base": "acme/tiny-gpt2", "model.revision": "main"})
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    run("python", "-m", "tuneledger.stages.prepare", cwd=project_copy, env=env)
+    run("python", "-m", "tuneledger.stages.base", cwd=project_copy, env=env)
     source = read_json(project_copy / "models/base/tuneledger-source.json")
     assert source == {"id": "acme/tiny-gpt2", "kind": "hub", "revision": COMMIT, "chat_template": None}
     _, files = tree_digest(project_copy / "models/base")
@@ -70,7 +70,7 @@ def test_hub_id_resolves_through_the_offline_cache(default_run, project_copy, tm
     assert (project_copy / "models/base/model.safetensors").stat().st_ino == cached.stat().st_ino
 
     set_params(project_copy, **{"model.base": "acme/missing"})
-    failed = run("python", "-m", "tuneledger.stages.prepare", cwd=project_copy, env=env, check=False)
+    failed = run("python", "-m", "tuneledger.stages.base", cwd=project_copy, env=env, check=False)
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: model.base: base model 'acme/missing' not found")
     assert "Traceback" not in failed.stderr

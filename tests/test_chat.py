@@ -147,7 +147,7 @@ def test_a_template_file_must_live_under_configs(trained_repo, tiny_base_dir, tm
     outside = tmp_path / "mine.jinja"
     outside.write_text((chat.BUILTIN_DIR / "chatml.jinja").read_text())
     set_params(trained_repo, **{"model.base": str(tiny_base_dir), "model.chat_template": str(outside)})
-    failed = run("dvc", "repro", "prepare", cwd=trained_repo, check=False)
+    failed = run("dvc", "repro", "base", cwd=trained_repo, check=False)
     assert failed.returncode != 0
     assert "is neither a built-in (chatml) nor a .jinja file under configs/chat_templates" in failed.stderr
 
@@ -159,7 +159,7 @@ def test_a_template_file_of_the_repo_is_used_and_recorded(trained_repo, tiny_bas
         trained_repo,
         **{"model.base": str(tiny_base_dir), "model.chat_template": str(mine.relative_to(trained_repo))},
     )
-    run("dvc", "repro", "prepare", cwd=trained_repo)
+    run("dvc", "repro", "base", cwd=trained_repo)
     assert (trained_repo / "models/base/chat_template.jinja").read_text() == mine.read_text()
     record = read_json(trained_repo / "models/base/tuneledger-source.json")["chat_template"]
     assert record["source"] == "configs/chat_templates/mine.jinja" and record["end_of_turn"] == "<|im_end|>"

@@ -25,6 +25,7 @@ BAD_INPUTS = {
     "fetch": ["fetch", "-o", "deploy", "--stage", "prod"],
     "reproduce": ["reproduce", "v9.9.9"],
     "serve": ["serve", "--host", "0.0.0.0"],
+    "ui": ["ui", "--host", "0.0.0.0"],
     "shadow-report": ["shadow-report", "--db", "no-such.sqlite"],
     "canary-report": ["canary-report", "--db", "no-such.sqlite"],
 }

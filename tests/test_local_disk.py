@@ -129,12 +129,12 @@ def test_runs_over_linked_outputs_never_write_into_the_cache(default_run, tmp_pa
 
 
 @pytest.mark.slow
-def test_prepare_keeps_one_local_copy_of_a_real_base(smollm2, project_copy):
+def test_the_base_stage_keeps_one_local_copy_of_a_real_base(smollm2, project_copy):
     """SmolLM2-135M (538 MB) as a local base: `models/base` plus the cache add ≤ 1.05× its bytes."""
     base_bytes = disk_bytes(smollm2)
     set_params(project_copy, **{"model.base": str(smollm2)})
     before = disk_bytes(project_copy)
-    run("dvc", "repro", "prepare", cwd=project_copy)
+    run("dvc", "repro", "base", cwd=project_copy)
     added = disk_bytes(project_copy) - before
-    assert unlinked(project_copy, stages=("prepare",)) == []
-    assert base_bytes <= added <= 1.05 * base_bytes, f"prepare added {added:,} B for a {base_bytes:,} B base"
+    assert unlinked(project_copy, stages=("base",)) == []
+    assert base_bytes <= added <= 1.05 * base_bytes, f"base added {added:,} B for a {base_bytes:,} B base"

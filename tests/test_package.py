@@ -71,11 +71,17 @@ def test_model_card_has_the_hugging_face_header(default_run):
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
     assert "lora" in card.data.tags
     tuned = read_json(default_run / "results/evaluate/metrics.json")["tuned"]
-    results = {result.metric_type: result for result in card.data.eval_results}
-    assert {name: result.metric_value for name, result in results.items()} == {
+    benchmarks = read_json(default_run / "results/evaluate/benchmarks.json")["tasks"]
+    split = {r.metric_type: r for r in card.data.eval_results if r.dataset_split == "test"}
+    assert {name: result.metric_value for name, result in split.items()} == {
         name: value for name, value in tuned.items() if value is not None
     }
-    assert {result.dataset_split for result in results.values()} == {"test"}
+    scored = {
+        r.task_name: (r.metric_type, r.metric_value)
+        for r in card.data.eval_results
+        if r not in split.values()
+    }
+    assert scored == {task: (record["metric"], record["tuned"]) for task, record in benchmarks.items()}
     assert "PeftModel.from_pretrained" in card.text and "How it was trained" in card.text
     assert "dtype `auto`, quantization `none`" in card.text
 

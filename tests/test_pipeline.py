@@ -48,7 +48,7 @@ def test_fresh_clone_reproduces_the_committed_bytes(default_run, tmp_path):
         return
     # Another CPU: the base is still the same bytes every time it is built here.
     again = copy_repo(default_run, tmp_path / "again")
-    run("dvc", "repro", "--force", "--single-item", "prepare", cwd=again)
+    run("dvc", "repro", "--force", "--single-item", "base", cwd=again)
     assert _outs(again / "dvc.lock")["models/base"] == rebuilt["models/base"]
     committed_training = read_json(PROJECT / "results/train/summary.json")["environment"]["kernels"]
     training_here = read_json(default_run / "results/train/summary.json")["environment"]["kernels"]
