@@ -33,8 +33,10 @@ $(TEST_STAMP): $(STAMP) requirements-test.lock
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# Two pytest-xdist workers: the real model's tests on one, the rest on the other (tests/conftest.py
+# groups them). The groups share no session fixture, so nothing is built twice.
 test: setup test-setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -38,6 +38,18 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.append(str(TEST_ONLY))
 
 
+# `make test` runs two workers (pytest-xdist, --dist loadgroup): these files, which train and serve
+# the real model on fixtures of their own, on one; everything else, on the tiny model's shared
+# session fixtures, on the other. No session fixture is built by both.
+REAL_MODEL_FILES = {"test_real_chat.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        group = "real-model" if item.path.name in REAL_MODEL_FILES else "tiny-model"
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def run(*cmd: str | Path, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900):
     """Run a command; on unexpected failure show its output in the assertion."""
     done = subprocess.run(
