@@ -33,8 +33,8 @@ $(TEST_STAMP): $(STAMP) requirements-test.lock
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Two pytest-xdist workers: the real model's tests on one, the rest on the other (tests/conftest.py
-# groups them). The groups share no session fixture, so nothing is built twice.
+# Two pytest-xdist workers: the real model's tests (and a few self-contained files) on one, the rest
+# on the other (tests/conftest.py groups them). No session fixture is built twice.
 test: setup test-setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
 

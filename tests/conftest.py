@@ -38,15 +38,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.append(str(TEST_ONLY))
 
 
-# `make test` runs two workers (pytest-xdist, --dist loadgroup): these files, which train and serve
-# the real model on fixtures of their own, on one; everything else, on the tiny model's shared
-# session fixtures, on the other. No session fixture is built by both.
-REAL_MODEL_FILES = {"test_real_chat.py"}
+# `make test` runs two workers (pytest-xdist, --dist loadgroup). One takes the files that need none
+# of the tiny model's session fixtures (the real model's, on fixtures of their own, and a few that
+# build what they use); the other everything else. No session fixture is built by both.
+OWN_FIXTURE_FILES = {
+    "test_real_chat.py",
+    "test_serve_predict.py",
+    "test_serve_log.py",
+    "test_cli.py",
+    "test_registry_stages.py",
+}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        group = "real-model" if item.path.name in REAL_MODEL_FILES else "tiny-model"
+        group = "own-fixtures" if item.path.name in OWN_FIXTURE_FILES else "tiny-model-fixtures"
         item.add_marker(pytest.mark.xdist_group(group))
 
 
