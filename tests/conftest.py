@@ -50,6 +50,7 @@ OWN_FIXTURE_FILES = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     for item in items:
         group = "own-fixtures" if item.path.name in OWN_FIXTURE_FILES else "tiny-model-fixtures"

@@ -211,7 +211,9 @@ class Params(_Group):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # A key with a line break or other control character is shown quoted: one problem, one line.
+    parts = (str(part) if str(part).isprintable() else repr(str(part)) for part in error["loc"])
+    key = ".".join(parts) or "(top level)"
     kind, given = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return f"{key}: unknown key (check the spelling; see params.yaml in the template for valid keys)"
