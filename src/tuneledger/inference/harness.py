@@ -27,12 +27,15 @@ def task_manager(benchmarks: list[BenchmarkParams], include_path: Path):
     from lm_eval.tasks import TaskManager
 
     local = str(include_path) if include_path.is_dir() else None
-    tasks = TaskManager(verbosity="ERROR", include_path=local, include_defaults=False) if local else None
+    local_tasks = (
+        TaskManager(verbosity="ERROR", include_path=local, include_defaults=False) if local else None
+    )
+    tasks = local_tasks
     if tasks is None or not {b.task for b in benchmarks} <= set(tasks.all_tasks):
         tasks = TaskManager(verbosity="ERROR", include_path=local)
     unknown = [b.task for b in benchmarks if b.task not in set(tasks.all_tasks)]
     if unknown:
-        there = sorted(path.stem for path in include_path.glob("*.yaml")) if local else []
+        there = sorted(local_tasks.all_tasks) if local_tasks else []  # their `task:` names
         raise TuneLedgerError(
             f"params.yaml: eval.benchmarks: unknown lm-eval task {', '.join(map(repr, unknown))}; "
             f"use a task of lm-eval's registry or a YAML file under {include_path}/ "
