@@ -33,10 +33,10 @@ $(TEST_STAMP): $(STAMP) requirements-test.lock
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-# Two pytest-xdist workers: the real model's tests (and a few self-contained files) on one, the rest
-# on the other (tests/conftest.py groups them). No session fixture is built twice.
+# One pytest process: torch already uses both cores of a CI machine, and the session fixtures
+# (tests/conftest.py) are built once.
 test: setup test-setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -38,25 +38,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.append(str(TEST_ONLY))
 
 
-# `make test` runs two workers (pytest-xdist, --dist loadgroup). One takes the files that need none
-# of the tiny model's session fixtures (the real model's, on fixtures of their own, and a few that
-# build what they use); the other everything else. No session fixture is built by both.
-OWN_FIXTURE_FILES = {
-    "test_real_chat.py",
-    "test_serve_predict.py",
-    "test_serve_log.py",
-    "test_cli.py",
-    "test_registry_stages.py",
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
-def pytest_collection_modifyitems(items):
-    for item in items:
-        group = "own-fixtures" if item.path.name in OWN_FIXTURE_FILES else "tiny-model-fixtures"
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def run(*cmd: str | Path, cwd: Path, check: bool = True, env: dict | None = None, timeout: float = 900):
     """Run a command; on unexpected failure show its output in the assertion."""
     done = subprocess.run(
