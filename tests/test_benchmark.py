@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from conftest import read_json, run, set_params
 from tuneledger.core.params import RegistryParams
-from tuneledger.registry.promotion_gate import check_benchmarks, check_forgetting
+from tuneledger.registry.promotion_gate import check_benchmarks, check_forgetting, comparability_problems
 
 TASK = "copy_words"
 DOCUMENTS = 60  # lines of configs/eval_tasks/copy_words.jsonl
@@ -101,6 +101,16 @@ def test_versions_are_compared_only_on_the_same_task_setup(default_run):
     worse = copy.deepcopy(holder)
     worse["benchmarks"][TASK]["tuned"] = holder["benchmarks"][TASK]["tuned"] * (1 - limits.tolerance) - 0.01
     assert not check_benchmarks(worse, holder, limits).ok
+
+
+def test_a_changed_task_list_keeps_the_test_split_metrics_comparable(default_run):
+    """Benchmarks are compared task by task; the task list does not decide the test-split metrics."""
+    holder = read_json(default_run / "models/export/metadata.json")
+    candidate = copy.deepcopy(holder)
+    candidate["params"]["eval"]["benchmarks"] = [{"task": TASK, "limit": 20, "num_fewshot": 5}]
+    assert comparability_problems(candidate, holder) == []
+    candidate["params"]["eval"]["max_examples"] = 60
+    assert comparability_problems(candidate, holder) == ["other eval params (eval.max_examples 60 vs None)"]
 
 
 def test_forgetting_is_measured_against_the_versions_own_base(default_run):

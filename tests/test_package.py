@@ -326,3 +326,18 @@ def test_a_private_copy_links_read_only_files_and_copies_writable_ones(tmp_path)
     plain = tmp_path / "plain"
     copy_private(source, plain, follow_symlinks=True)
     assert (plain / "model.safetensors").stat().st_ino != (source / "model.safetensors").stat().st_ino
+
+
+def test_a_link_is_kept_only_to_the_very_file_that_was_opened(tmp_path):
+    """The path is linked, then checked against the open descriptor: a file swapped in between is
+    never kept (the loader then copies from the descriptor it verified)."""
+    from tuneledger.package.verify import _link_opened
+
+    verified, swapped = tmp_path / "verified", tmp_path / "swapped"
+    verified.write_bytes(b"checked weights")
+    swapped.write_bytes(b"other weights")
+    with open(verified, "rb") as opened:
+        assert not _link_opened(swapped, opened.fileno(), tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+        assert _link_opened(verified, opened.fileno(), tmp_path / "kept")
+    assert (tmp_path / "kept").stat().st_ino == verified.stat().st_ino
