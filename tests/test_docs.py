@@ -100,6 +100,12 @@ BENCH_FIGURES = {
     r"make CPU pre-training about ([\d.]+)× slower": lambda: bench_number(
         "portable / native kernels (CPU pre-training)"
     ),
+    r"the stage takes ([\d.]+)× the time of lm-eval's CLI": lambda: bench_number(
+        "benchmark stage / lm-eval CLI (base + tuned), same CPU kernels"
+    ),
+    r"make that scoring ([\d.]+)× slower": lambda: bench_number(
+        "lm-eval CLI, portable CPU kernels / the kernels torch picks"
+    ),
     r"`make bench` \(about ([\d.]+) minutes\)": bench_minutes,
     r"plain script doing the same training, ([\d.]+) s more": lambda: bench_number(
         "difference (median of per-round differences)"

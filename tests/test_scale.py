@@ -24,7 +24,8 @@ def test_ddp_with_two_cpu_processes_through_dvc_exp_run(trained_repo):
     """`-S train.launcher=...` runs the unchanged stage under torchrun: world size 2, gloo. It is
     compared with one process at the same global batch (32), on this machine: the steps, and where
     the two end, must agree."""
-    run("dvc", "exp", "run", "train", "-S", "train.batch_size=32", cwd=trained_repo)  # the reference: training only
+    # The reference: its training alone (what follows `train` is read of the two-process run only).
+    run("dvc", "exp", "run", "train", "-S", "train.batch_size=32", cwd=trained_repo)
     single = read_json(trained_repo / "results/train/metrics.json")["eval"]["loss"]
     single_steps = read_json(trained_repo / "results/train/summary.json")["steps"]
     launcher = "train.launcher=torchrun --nproc_per_node 2"
