@@ -30,12 +30,13 @@ def task_manager(benchmarks: list[BenchmarkParams], include_path: Path):
     local_tasks = (
         TaskManager(verbosity="ERROR", include_path=local, include_defaults=False) if local else None
     )
-    tasks = local_tasks
-    if tasks is None or not {b.task for b in benchmarks} <= set(tasks.all_tasks):
-        tasks = TaskManager(verbosity="ERROR", include_path=local)
-    unknown = [b.task for b in benchmarks if b.task not in set(tasks.all_tasks)]
+    local_names = set(local_tasks.all_tasks) if local_tasks else set()  # their `task:` names
+    wanted = {b.task for b in benchmarks}
+    tasks = local_tasks if wanted <= local_names else TaskManager(verbosity="ERROR", include_path=local)
+    known = local_names if tasks is local_tasks else set(tasks.all_tasks)
+    unknown = [b.task for b in benchmarks if b.task not in known]
     if unknown:
-        there = sorted(local_tasks.all_tasks) if local_tasks else []  # their `task:` names
+        there = sorted(local_names)
         raise TuneLedgerError(
             f"params.yaml: eval.benchmarks: unknown lm-eval task {', '.join(map(repr, unknown))}; "
             f"use a task of lm-eval's registry or a YAML file under {include_path}/ "
